@@ -1,0 +1,71 @@
+"""The functional API, PyTorch's names and semantics: `from tinyconv.nn import functional as F`.
+
+Each function is a thin, documented entry to one op in tinyconv/ops/.
+"""
+import numpy as np
+
+from ..ops import elementwise as ew
+from ..ops import loss as ls
+from ..ops import matmul as mm
+
+__all__ = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax",
+           "cross_entropy", "nll_loss", "mse_loss"]
+
+
+def linear(x, weight, bias=None):
+    """x (N, in) @ weight (out, in).T + bias (out,) -> (N, out), as torch.nn.functional.linear."""
+    if bias is None:
+        return mm.Linear.apply(x, weight)
+    return mm.Linear.apply(x, weight, bias)
+
+
+def relu(x):
+    """max(x, 0), elementwise."""
+    return ew.ReLU.apply(x)
+
+
+def leaky_relu(x, negative_slope: float = 0.01):
+    """x if x > 0 else negative_slope * x."""
+    return ew.LeakyReLU.apply(x, negative_slope=negative_slope)
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x)."""
+    return ew.Sigmoid.apply(x)
+
+
+def tanh(x):
+    """Hyperbolic tangent."""
+    return ew.Tanh.apply(x)
+
+
+def softmax(x, dim: int = -1):
+    """exp(x) / sum(exp(x)) along `dim`."""
+    return ls.Softmax.apply(x, axis=dim)
+
+
+def log_softmax(x, dim: int = -1):
+    """log(softmax(x)) along `dim`, computed stably."""
+    return ls.LogSoftmax.apply(x, axis=dim)
+
+
+def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: float = 0.0):
+    """logits (N, K), integer targets (N,) -> mean/sum loss () or per-sample losses (N,)."""
+    return ls.CrossEntropy.apply(logits, _targets(target), reduction=reduction,
+                                 label_smoothing=label_smoothing)
+
+
+def nll_loss(log_probs, target, reduction: str = "mean"):
+    """Negative log-likelihood of integer targets (N,) under log_probs (N, K)."""
+    return ls.NLLLoss.apply(log_probs, _targets(target), reduction=reduction)
+
+
+def mse_loss(x, target, reduction: str = "mean"):
+    """Mean (or sum, or per-element) of (x - target)^2."""
+    return ls.MSELoss.apply(x, target, reduction=reduction)
+
+
+def _targets(target):
+    """Class indices as an int64 array (a Tensor, list or array is accepted)."""
+    data = getattr(target, "data", target)
+    return np.asarray(data) if isinstance(data, np.ndarray) else np.asarray(data, dtype=np.int64)

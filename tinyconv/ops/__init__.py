@@ -1,0 +1,1 @@
+"""The differentiable primitives, one Function subclass per op, grouped by kind."""

@@ -1,0 +1,104 @@
+"""Reductions: sum, mean, max, min, var over an axis (int, tuple, or None for all).
+
+Backward puts the reduced axes back (as size 1) and broadcasts the gradient over them.
+Max and min: tied extremes SHARE the gradient equally (the subgradient a test can pin
+down exactly, and the one that keeps the gradient check symmetric); torch's `amax` does the same.
+"""
+import numpy as np
+
+from ..autograd import Function
+
+__all__ = ["Sum", "Mean", "Max", "Min", "Var"]
+
+
+def _axes(axis, ndim: int) -> tuple:
+    """Normalise `axis` to a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"reduction: axis {a} is out of range for a {ndim}-d input")
+    return tuple(sorted(a % max(ndim, 1) for a in axes))
+
+
+def _expand(dy: np.ndarray, x_shape: tuple, axes: tuple, keepdims: bool) -> np.ndarray:
+    """dy with the reduced axes restored as size 1, so it broadcasts against x."""
+    if not keepdims:
+        dy = np.expand_dims(dy, axes)
+    return dy
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.x_shape, ctx.axes, ctx.keepdims = x.shape, _axes(axis, x.ndim), keepdims
+        return np.asarray(x.sum(axis=ctx.axes, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, dy):
+        # y = sum_i x_i  =>  dx_i = dy
+        return np.broadcast_to(_expand(dy, ctx.x_shape, ctx.axes, ctx.keepdims), ctx.x_shape)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.x_shape, ctx.axes, ctx.keepdims = x.shape, _axes(axis, x.ndim), keepdims
+        ctx.count = int(np.prod([x.shape[a] for a in ctx.axes]))
+        return np.asarray(x.mean(axis=ctx.axes, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, dy):
+        # y = sum_i x_i / n  =>  dx_i = dy / n
+        dy = _expand(dy, ctx.x_shape, ctx.axes, ctx.keepdims) / dy.dtype.type(ctx.count)
+        return np.broadcast_to(dy, ctx.x_shape)
+
+
+class Max(Function):
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
+        y = x.max(axis=ctx.axes, keepdims=True)
+        ctx.winners = (x == y).astype(x.dtype)
+        ctx.winners /= ctx.winners.sum(axis=ctx.axes, keepdims=True)   # ties share equally
+        return np.asarray(y if keepdims else y.squeeze(ctx.axes))
+
+    @staticmethod
+    def backward(ctx, dy):
+        # y = max_i x_i  =>  dx_i = dy / (number of maxima) where x_i is a maximum, else 0
+        return _expand(dy, ctx.winners.shape, ctx.axes, ctx.keepdims) * ctx.winners
+
+
+class Min(Function):
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
+        y = x.min(axis=ctx.axes, keepdims=True)
+        ctx.winners = (x == y).astype(x.dtype)
+        ctx.winners /= ctx.winners.sum(axis=ctx.axes, keepdims=True)   # ties share equally
+        return np.asarray(y if keepdims else y.squeeze(ctx.axes))
+
+    @staticmethod
+    def backward(ctx, dy):
+        # y = min_i x_i  =>  dx_i = dy / (number of minima) where x_i is a minimum, else 0
+        return _expand(dy, ctx.winners.shape, ctx.axes, ctx.keepdims) * ctx.winners
+
+
+class Var(Function):
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False, correction=1):
+        ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
+        n = int(np.prod([x.shape[a] for a in ctx.axes]))
+        if n - correction <= 0:
+            raise ValueError(f"var: {n} element(s) over axes {ctx.axes} of shape {x.shape} "
+                             f"with correction={correction}: nothing to divide by")
+        ctx.centered = x - x.mean(axis=ctx.axes, keepdims=True)
+        ctx.divisor = n - correction
+        return np.asarray((ctx.centered ** 2).sum(axis=ctx.axes, keepdims=keepdims) / ctx.divisor)
+
+    @staticmethod
+    def backward(ctx, dy):
+        # y = sum_i (x_i - mean)^2 / d  =>  dx_i = dy * 2 (x_i - mean) / d   (the mean's terms sum to 0)
+        dy = _expand(dy, ctx.centered.shape, ctx.axes, ctx.keepdims)
+        return dy * ctx.centered * ctx.centered.dtype.type(2 / ctx.divisor)

@@ -1,0 +1,263 @@
+"""Tensor: an ndarray that remembers how it was made, so gradients can flow back through it.
+
+Each method below is one line that calls one op (a Function in tinyconv/ops/); read the op to see
+its forward and backward side by side.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import autograd
+
+__all__ = ["Tensor"]
+
+
+class Tensor:
+    """An n-dimensional array with an optional gradient.
+
+    data: np.ndarray (its dtype is kept; Python lists become float32).  grad: ndarray like data,
+    or None until backward() reaches this tensor (leaves only).  requires_grad: whether gradients
+    should flow to this tensor.  _ctx: the Function node that produced it (None for a leaf).
+    """
+
+    __array_priority__ = 1000          # make `ndarray * Tensor` call Tensor.__rmul__
+
+    def __init__(self, data, requires_grad: bool = False, _ctx=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if not isinstance(data, np.ndarray):
+            from_python = not isinstance(data, np.generic)
+            data = np.asarray(data)
+            if from_python and data.dtype == np.float64:
+                data = data.astype(np.float32)      # Python lists and floats become float32, as torch
+        if requires_grad and not np.issubdtype(data.dtype, np.floating):
+            raise TypeError(f"Tensor: only floating-point tensors can require grad, "
+                            f"got dtype {data.dtype} with shape {data.shape}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = _ctx
+
+    # ---- array-like attributes -------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad})"
+
+    def numpy(self) -> np.ndarray:
+        """The underlying array (shared, not copied)."""
+        return self.data
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item(): tensor has {self.data.size} elements (shape {self.shape})")
+        return self.data.item()
+
+    def detach(self) -> "Tensor":
+        """The same data, cut from the graph: no gradient flows through the result."""
+        return Tensor(self.data)
+
+    def astype(self, dtype) -> "Tensor":
+        """A copy with another dtype (not differentiable: use it on inputs, not mid-graph)."""
+        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ---- autograd ----------------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Backpropagate from this tensor; `grad` defaults to 1 for a one-element tensor."""
+        if not self.requires_grad:
+            raise RuntimeError(f"backward(): this tensor (shape {self.shape}) does not require "
+                               f"grad: no input of the ops that made it requires grad")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward(): grad can be omitted only for a one-element "
+                                   f"tensor, this one has shape {self.shape}; pass grad=")
+            grad = np.ones_like(self.data)
+        grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+        if grad.shape != self.shape:
+            raise ValueError(f"backward(): grad has shape {grad.shape}, tensor has {self.shape}")
+        autograd.backward(self, grad, retain_graph=retain_graph)
+
+    # ---- arithmetic (NumPy broadcasting) -------------------------------------------------------------
+    def __add__(self, other):
+        return ew.Add.apply(self, other)
+
+    def __radd__(self, other):
+        return ew.Add.apply(other, self)
+
+    def __sub__(self, other):
+        return ew.Sub.apply(self, other)
+
+    def __rsub__(self, other):
+        return ew.Sub.apply(other, self)
+
+    def __mul__(self, other):
+        return ew.Mul.apply(self, other)
+
+    def __rmul__(self, other):
+        return ew.Mul.apply(other, self)
+
+    def __truediv__(self, other):
+        return ew.Div.apply(self, other)
+
+    def __rtruediv__(self, other):
+        return ew.Div.apply(other, self)
+
+    def __neg__(self):
+        return ew.Neg.apply(self)
+
+    def __pow__(self, exponent):
+        return self.pow(exponent)
+
+    def __matmul__(self, other):
+        return mm.MatMul.apply(self, other)
+
+    def __rmatmul__(self, other):
+        return mm.MatMul.apply(other, self)
+
+    def __getitem__(self, index):
+        return sh.GetItem.apply(self, index=index)
+
+    # ---- elementwise -------------------------------------------------------------------------------
+    def pow(self, exponent: float) -> "Tensor":
+        """x ** exponent for a scalar exponent."""
+        return ew.Pow.apply(self, exponent=exponent)
+
+    def exp(self) -> "Tensor":
+        """e ** x, elementwise."""
+        return ew.Exp.apply(self)
+
+    def log(self) -> "Tensor":
+        """Natural logarithm, elementwise."""
+        return ew.Log.apply(self)
+
+    def sqrt(self) -> "Tensor":
+        """Square root, elementwise."""
+        return ew.Sqrt.apply(self)
+
+    def abs(self) -> "Tensor":
+        """|x|, elementwise (gradient 0 at 0)."""
+        return ew.Abs.apply(self)
+
+    def relu(self) -> "Tensor":
+        """max(x, 0), elementwise."""
+        return ew.ReLU.apply(self)
+
+    def leaky_relu(self, negative_slope: float = 0.01) -> "Tensor":
+        """x if x > 0 else negative_slope * x, elementwise."""
+        return ew.LeakyReLU.apply(self, negative_slope=negative_slope)
+
+    def sigmoid(self) -> "Tensor":
+        """1 / (1 + e^-x), elementwise."""
+        return ew.Sigmoid.apply(self)
+
+    def tanh(self) -> "Tensor":
+        """Hyperbolic tangent, elementwise."""
+        return ew.Tanh.apply(self)
+
+    def clip(self, min=None, max=None) -> "Tensor":
+        """Clamp into [min, max]; the gradient is 0 where the value was clipped."""
+        return ew.Clip.apply(self, min=min, max=max)
+
+    # ---- reductions --------------------------------------------------------------------------------
+    def sum(self, axis=None, keepdims: bool = False) -> "Tensor":
+        """Sum over `axis` (int, tuple or None for all)."""
+        return rd.Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims: bool = False) -> "Tensor":
+        """Mean over `axis`."""
+        return rd.Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims: bool = False) -> "Tensor":
+        """Maximum over `axis`; tied maxima share the gradient equally."""
+        return rd.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims: bool = False) -> "Tensor":
+        """Minimum over `axis`; tied minima share the gradient equally."""
+        return rd.Min.apply(self, axis=axis, keepdims=keepdims)
+
+    def var(self, axis=None, keepdims: bool = False, correction: int = 1) -> "Tensor":
+        """Variance over `axis` with `correction` (1: unbiased, as torch.var; 0: biased)."""
+        return rd.Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
+
+    # ---- shape -----------------------------------------------------------------------------------
+    def reshape(self, *shape) -> "Tensor":
+        """Same data, new shape (one dimension may be -1)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return sh.Reshape.apply(self, shape=shape)
+
+    def view(self, *shape) -> "Tensor":
+        """Alias of reshape, for PyTorch users."""
+        return self.reshape(*shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        """Merge dimensions start_dim..end_dim into one."""
+        return sh.flatten(self, start_dim, end_dim)
+
+    def transpose(self, *axes) -> "Tensor":
+        """Permute axes (like np.transpose); with two ints, swap those two axes (like torch)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if len(axes) == 2 and self.ndim != 2:
+            a, b = (ax % self.ndim for ax in axes)
+            order = list(range(self.ndim))
+            order[a], order[b] = order[b], order[a]
+            axes = tuple(order)
+        return sh.Transpose.apply(self, axes=axes or None)
+
+    def permute(self, *axes) -> "Tensor":
+        """Reorder all axes: x.permute(0, 2, 3, 1)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return sh.Transpose.apply(self, axes=axes)
+
+    @property
+    def T(self) -> "Tensor":
+        return sh.Transpose.apply(self, axes=None)
+
+    def pad(self, pad_width, value: float = 0.0) -> "Tensor":
+        """Constant padding, `pad_width` as np.pad: ((before, after), ...) per axis."""
+        return sh.Pad.apply(self, pad_width=pad_width, value=value)
+
+    # ---- activations and losses --------------------------------------------------------------------
+    def softmax(self, axis: int = -1) -> "Tensor":
+        """exp(x) / sum(exp(x)) along `axis`."""
+        return ls.Softmax.apply(self, axis=axis)
+
+    def log_softmax(self, axis: int = -1) -> "Tensor":
+        """x - logsumexp(x) along `axis`, computed stably."""
+        return ls.LogSoftmax.apply(self, axis=axis)
+
+
+# The ops subclass autograd.Function and Tensor's methods call them: imported last (see autograd.py).
+from .ops import elementwise as ew  # noqa: E402
+from .ops import loss as ls  # noqa: E402
+from .ops import matmul as mm  # noqa: E402
+from .ops import reduce as rd  # noqa: E402
+from .ops import shape as sh  # noqa: E402
