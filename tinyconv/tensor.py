@@ -221,10 +221,15 @@ class Tensor:
         return sh.flatten(self, start_dim, end_dim)
 
     def transpose(self, *axes) -> "Tensor":
-        """Permute axes (like np.transpose); with two ints, swap those two axes (like torch)."""
+        """Permute axes (like np.transpose); with two ints, swap those two axes (like torch).
+
+        Two ints always swap, also on a 2-d tensor: `w.transpose(0, 1)` is w.T, as in torch.
+        """
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        if len(axes) == 2 and self.ndim != 2:
+        if len(axes) == 2:
+            if not all(-self.ndim <= ax < self.ndim for ax in axes):
+                raise ValueError(f"transpose: axes {axes} out of range for shape {self.shape}")
             a, b = (ax % self.ndim for ax in axes)
             order = list(range(self.ndim))
             order[a], order[b] = order[b], order[a]

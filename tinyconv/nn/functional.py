@@ -7,6 +7,7 @@ import numpy as np
 from ..ops import elementwise as ew
 from ..ops import loss as ls
 from ..ops import matmul as mm
+from ..tensor import Tensor
 
 __all__ = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax",
            "cross_entropy", "nll_loss", "mse_loss"]
@@ -66,6 +67,8 @@ def mse_loss(x, target, reduction: str = "mean"):
 
 
 def _targets(target):
-    """Class indices as an int64 array (a Tensor, list or array is accepted)."""
-    data = getattr(target, "data", target)
-    return np.asarray(data) if isinstance(data, np.ndarray) else np.asarray(data, dtype=np.int64)
+    """Class indices as an integer array (a Tensor, list or array is accepted).
+
+    No cast here: float targets must reach the op's check, not be silently truncated to ints.
+    """
+    return np.asarray(target.data if isinstance(target, Tensor) else target)

@@ -99,6 +99,8 @@ class Pow(Function):
     def backward(ctx, dy):
         # y = x^p  =>  dx = dy * p * x^(p-1)
         p = ctx.exponent
+        if p == 0:                    # y = 1 is constant; p * x^(p-1) would be 0 * inf at x = 0
+            return np.zeros_like(dy)
         return dy * (p * ctx.x ** (p - 1)).astype(dy.dtype, copy=False)
 
 

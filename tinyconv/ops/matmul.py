@@ -16,6 +16,11 @@ class MatMul(Function):
         if k_a != k_b:
             raise ValueError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape} "
                              f"({k_a} != {k_b})")
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise ValueError(f"matmul: batch dimensions of {a.shape} and {b.shape} cannot be "
+                             f"broadcast together") from None
         ctx.a, ctx.b = a, b
         return np.matmul(a, b)
 
@@ -26,11 +31,11 @@ class MatMul(Function):
         a, b = ctx.a, ctx.b
         a2 = a[None, :] if a.ndim == 1 else a                   # (k,) -> (1, k)
         b2 = b[:, None] if b.ndim == 1 else b                   # (k,) -> (k, 1)
-        dy2 = dy
-        if a.ndim == 1:
-            dy2 = np.expand_dims(dy2, -2)
+        dy2 = dy                  # restore the dropped axes: b's column first (vec @ vec is 0-d)
         if b.ndim == 1:
             dy2 = np.expand_dims(dy2, -1)
+        if a.ndim == 1:
+            dy2 = np.expand_dims(dy2, -2)
         da = db = None
         if ctx.needs_input_grad[0]:
             da = unbroadcast(np.matmul(dy2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
@@ -42,6 +47,9 @@ class MatMul(Function):
 class Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias=None):
+        if x.ndim != 2 or weight.ndim != 2:
+            raise ValueError(f"linear: expected x (N, in_features) and weight (out_features, "
+                             f"in_features), got {x.shape} and {weight.shape}")
         N, F_in = x.shape
         F_out, F_w = weight.shape
         if F_w != F_in:

@@ -82,6 +82,8 @@ class Concat(Function):
     @staticmethod
     def forward(ctx, *arrays, axis=0):
         shapes = [a.shape for a in arrays]
+        if not -arrays[0].ndim <= axis < arrays[0].ndim:
+            raise ValueError(f"concat: axis {axis} is out of range for shapes {shapes}")
         ax = axis % arrays[0].ndim
         if any(len(s) != len(shapes[0]) or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]
                for s in shapes):
@@ -101,6 +103,9 @@ class Stack(Function):
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise ValueError(f"stack: all inputs need the same shape, got {sorted(shapes)}")
+        if not -arrays[0].ndim - 1 <= axis <= arrays[0].ndim:
+            raise ValueError(f"stack: axis {axis} is out of range for inputs of shape "
+                             f"{arrays[0].shape}")
         ctx.axis = axis % (arrays[0].ndim + 1)
         return np.stack(arrays, axis=ctx.axis)
 
