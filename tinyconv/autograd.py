@@ -66,7 +66,8 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
 
 class Function:
     """One differentiable op. Subclasses define `forward(ctx, *arrays, **params)` and
-    `backward(ctx, dy)`, both static, on arrays; `backward` returns one gradient (or None) per input.
+    `backward(ctx, dy)`, both static, on arrays; `backward` returns one gradient (or None) per
+    input.
     """
 
     registry: dict[str, type] = {}
@@ -137,7 +138,7 @@ def backward(root: "Tensor", grad: np.ndarray, retain_graph: bool = False) -> No
             continue
         ctx = tensor._ctx
         if ctx is None:                                        # a leaf: keep its gradient
-            dy = np.array(dy, dtype=tensor.dtype)              # a private copy: optimizers update in place
+            dy = np.array(dy, dtype=tensor.dtype)    # a private copy: optimizers update in place
             tensor.grad = dy if tensor.grad is None else tensor.grad + dy
             continue
         op = type(ctx).__name__

@@ -29,7 +29,7 @@ class Tensor:
             from_python = not isinstance(data, np.generic)
             data = np.asarray(data)
             if from_python and data.dtype == np.float64:
-                data = data.astype(np.float32)      # Python lists and floats become float32, as torch
+                data = data.astype(np.float32)      # Python lists and floats: float32, as torch
         if requires_grad and not np.issubdtype(data.dtype, np.floating):
             raise TypeError(f"Tensor: only floating-point tensors can require grad, "
                             f"got dtype {data.dtype} with shape {data.shape}")
@@ -87,7 +87,7 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
-    # ---- autograd ----------------------------------------------------------------------------
+    # ---- autograd --------------------------------------------------------------------------------
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Backpropagate from this tensor; `grad` defaults to 1 for a one-element tensor."""
         if not self.requires_grad:
@@ -103,7 +103,7 @@ class Tensor:
             raise ValueError(f"backward(): grad has shape {grad.shape}, tensor has {self.shape}")
         autograd.backward(self, grad, retain_graph=retain_graph)
 
-    # ---- arithmetic (NumPy broadcasting) -------------------------------------------------------------
+    # ---- arithmetic (NumPy broadcasting) ---------------------------------------------------------
     def __add__(self, other):
         return ew.Add.apply(self, other)
 
@@ -143,7 +143,7 @@ class Tensor:
     def __getitem__(self, index):
         return sh.GetItem.apply(self, index=index)
 
-    # ---- elementwise -------------------------------------------------------------------------------
+    # ---- elementwise -----------------------------------------------------------------------------
     def pow(self, exponent: float) -> "Tensor":
         """x ** exponent for a scalar exponent."""
         return ew.Pow.apply(self, exponent=exponent)
@@ -184,7 +184,7 @@ class Tensor:
         """Clamp into [min, max]; the gradient is 0 where the value was clipped."""
         return ew.Clip.apply(self, min=min, max=max)
 
-    # ---- reductions --------------------------------------------------------------------------------
+    # ---- reductions ------------------------------------------------------------------------------
     def sum(self, axis=None, keepdims: bool = False) -> "Tensor":
         """Sum over `axis` (int, tuple or None for all)."""
         return rd.Sum.apply(self, axis=axis, keepdims=keepdims)
@@ -250,7 +250,7 @@ class Tensor:
         """Constant padding, `pad_width` as np.pad: ((before, after), ...) per axis."""
         return sh.Pad.apply(self, pad_width=pad_width, value=value)
 
-    # ---- activations and losses --------------------------------------------------------------------
+    # ---- activations and losses ------------------------------------------------------------------
     def softmax(self, axis: int = -1) -> "Tensor":
         """exp(x) / sum(exp(x)) along `axis`."""
         return ls.Softmax.apply(self, axis=axis)
@@ -260,7 +260,8 @@ class Tensor:
         return ls.LogSoftmax.apply(self, axis=axis)
 
 
-# The ops subclass autograd.Function and Tensor's methods call them: imported last (see autograd.py).
+# The ops subclass autograd.Function and Tensor's methods call them: imported last
+# (see autograd.py).
 from .ops import elementwise as ew  # noqa: E402
 from .ops import loss as ls  # noqa: E402
 from .ops import matmul as mm  # noqa: E402

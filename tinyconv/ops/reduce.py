@@ -99,6 +99,7 @@ class Var(Function):
 
     @staticmethod
     def backward(ctx, dy):
-        # y = sum_i (x_i - mean)^2 / d  =>  dx_i = dy * 2 (x_i - mean) / d   (the mean's terms sum to 0)
+        # y = sum_i (x_i - mean)^2 / d  =>  dx_i = dy * 2 (x_i - mean) / d
+        # (the terms through the mean sum to 0)
         dy = _expand(dy, ctx.centered.shape, ctx.axes, ctx.keepdims)
         return dy * ctx.centered * ctx.centered.dtype.type(2 / ctx.divisor)

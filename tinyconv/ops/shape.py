@@ -85,7 +85,8 @@ class Concat(Function):
         if not -arrays[0].ndim <= axis < arrays[0].ndim:
             raise ValueError(f"concat: axis {axis} is out of range for shapes {shapes}")
         ax = axis % arrays[0].ndim
-        if any(len(s) != len(shapes[0]) or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]
+        first = shapes[0]
+        if any(len(s) != len(first) or s[:ax] + s[ax + 1:] != first[:ax] + first[ax + 1:]
                for s in shapes):
             raise ValueError(f"concat: shapes {shapes} differ outside axis {axis}")
         ctx.axis, ctx.sizes = ax, [s[ax] for s in shapes]
