@@ -147,11 +147,17 @@ def test_state_dict_round_trip_restores_exactly(rng):
         np.testing.assert_array_equal(p.data, e)
 
 
-def test_state_dict_is_a_snapshot_of_plain_values(rng):
+def _after_one_momentum_step(rng):
+    """A parameter and an SGD (momentum 0.9) that has stepped once with grad = ones."""
     p = _param(rng.standard_normal(3))
     p.grad = np.ones(3, np.float32)
     opt = SGD([p], lr=0.1, momentum=0.9)
     opt.step()
+    return p, opt
+
+
+def test_state_dict_is_a_snapshot_of_plain_values(rng):
+    _, opt = _after_one_momentum_step(rng)
     sd = opt.state_dict()
     buf = sd["state"][0]["momentum_buffer"].copy()
     opt.step()
@@ -160,10 +166,7 @@ def test_state_dict_is_a_snapshot_of_plain_values(rng):
 
 
 def test_load_state_dict_accepts_json_string_keys_into_a_fresh_optimizer(rng):
-    p = _param(rng.standard_normal(3))
-    p.grad = np.ones(3, np.float32)
-    opt = SGD([p], lr=0.1, momentum=0.9)
-    opt.step()
+    p, opt = _after_one_momentum_step(rng)
     sd = opt.state_dict()
     sd = {"state": {str(k): v for k, v in sd["state"].items()},
           "param_groups": json.loads(json.dumps(sd["param_groups"]))}
