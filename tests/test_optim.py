@@ -1,4 +1,4 @@
-"""SGD: REFERENCE.md golden values, torch.optim.SGD as an oracle, state_dict, errors, no temporaries."""
+"""SGD: REFERENCE.md golden values, torch.optim.SGD as oracle, state_dict, errors, no temporaries."""
 
 import json
 import tracemalloc
@@ -14,7 +14,7 @@ def _param(values, dtype=np.float32):
     return tc.Tensor(np.array(values, dtype=dtype), requires_grad=True)
 
 
-# --- golden values: f(p) = p**2 / 2 (so grad = p), p0 = 1, lr = 0.1, three steps -------------------
+# --- golden values: f(p) = p**2 / 2 (so grad = p), p0 = 1, lr = 0.1, three steps ------------------
 
 GOLDEN = [
     (dict(), [0.9, 0.81, 0.729]),
@@ -76,7 +76,7 @@ def test_second_step_allocates_no_temporaries(rng):
     assert peak < 20_000, f"step allocated {peak} bytes; one temporary would be 400,000"
 
 
-# --- torch.optim.SGD as the oracle -----------------------------------------------------------------
+# --- torch.optim.SGD as the oracle ----------------------------------------------------------------
 
 GROUPS = [  # hyper-parameters per group; the shapes are non-square on purpose
     dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True),
@@ -115,7 +115,7 @@ def test_sgd_matches_torch_with_param_groups(dtype, rtol):
                                            rtol=rtol, atol=rtol)
 
 
-# --- state_dict ------------------------------------------------------------------------------------
+# --- state_dict -----------------------------------------------------------------------------------
 
 def _run(opt, params, grads):
     for step_grads in grads:
@@ -192,7 +192,7 @@ def test_load_state_dict_rejects_mismatches_and_changes_nothing(rng):
     assert other.param_groups[0]["lr"] == 0.3 and other.state == {}
 
 
-# --- groups, zero_grad, errors ---------------------------------------------------------------------
+# --- groups, zero_grad, errors --------------------------------------------------------------------
 
 def test_add_param_group_takes_defaults_and_trains():
     p, q = _param([1.0]), _param([1.0])

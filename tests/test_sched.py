@@ -7,7 +7,7 @@ import pytest
 
 from tinyconv import sched as S
 
-# --- primitives ------------------------------------------------------------------------------------
+# --- primitives -----------------------------------------------------------------------------------
 
 PRIMITIVES = [  # (function, start, end, pos, expected) -- formulas of REFERENCE.md by hand
     (S.sched_lin, 2.0, 4.0, 0.25, 2.5),
@@ -56,7 +56,7 @@ def test_sched_exp_rejects_non_positive_endpoints():
         S.SchedExp(1.0, -1.0)
 
 
-# --- combine_scheds --------------------------------------------------------------------------------
+# --- combine_scheds -------------------------------------------------------------------------------
 
 def test_combine_scheds_golden():
     f = S.combine_scheds([0.3, 0.2, 0.5], [S.SchedLin(0, 1), S.SchedNo(1, 1), S.SchedCos(1, 0)])
@@ -90,7 +90,7 @@ def test_combine_scheds_rejects_bad_fractions(pcts, n, match):
         S.combine_scheds(pcts, [S.SchedNo(1)] * n)
 
 
-# --- one-cycle and flat-cos ------------------------------------------------------------------------
+# --- one-cycle and flat-cos -----------------------------------------------------------------------
 
 def test_one_cycle_fastai_golden():
     # combined_cos(0.25, 1/25, 1, 1/1e5): cosine midpoints at pos 0.125 and 0.625
@@ -105,7 +105,8 @@ def test_one_cycle_momentum_is_inverse():
     assert mom(1) == pytest.approx(0.95)
     pos = np.linspace(0, 1, 41)
     # where the lr rises the momentum falls, and the other way round
-    assert np.all(np.sign(np.diff([lr(p) for p in pos])) == -np.sign(np.diff([mom(p) for p in pos])))
+    lr_steps, mom_steps = np.diff([lr(p) for p in pos]), np.diff([mom(p) for p in pos])
+    assert np.all(np.sign(lr_steps) == -np.sign(mom_steps))
 
 
 TORCH_ONE_CYCLE = [0.004, 0.052, 0.1, 0.0950485, 0.0811746, 0.0611262, 0.0388742, 0.0188258,
@@ -135,7 +136,7 @@ def test_flat_cos_is_flat_then_cosine():
     assert f(1.0) == pytest.approx(0.2e-5)
 
 
-# --- SGDR ------------------------------------------------------------------------------------------
+# --- SGDR -----------------------------------------------------------------------------------------
 
 TORCH_WARM_RESTARTS = [0.5, 0.5, 0.25, 0.5, 0.42677669529663687, 0.25, 0.07322330470336313, 0.5,
                        0.4809698831278217]
@@ -192,7 +193,7 @@ def test_sgdr_rejects_bad_arguments(kwargs):
         S.sgdr(**args)
 
 
-# --- cyclical LR -----------------------------------------------------------------------------------
+# --- cyclical LR ----------------------------------------------------------------------------------
 
 def test_cyclic_triangular_golden():
     f = S.cyclic(0.01, 0.1, 4)
@@ -227,7 +228,7 @@ def test_cyclic_rejects_bad_mode_and_step():
         S.cyclic(0.01, 0.1, 0)
 
 
-# --- torch schedulers as oracles -------------------------------------------------------------------
+# --- torch schedulers as oracles ------------------------------------------------------------------
 
 def _torch_opt(torch, momentum=0.9):
     p = torch.nn.Parameter(torch.zeros(1))
@@ -288,7 +289,7 @@ def test_one_cycle_torch_convention_matches_onecyclelr(total, pct):
     np.testing.assert_allclose([m(i / total) for i in range(total)], moms, rtol=1e-9)
 
 
-# --- LR finder ramp and suggestions ----------------------------------------------------------------
+# --- LR finder ramp and suggestions ---------------------------------------------------------------
 
 def test_lr_find_ramp_exponential_and_linear():
     ramp = S.lr_find_ramp()
@@ -361,7 +362,7 @@ def test_loss_at_interpolates_in_log_lr():
     assert S.loss_at([1e-3, 1e-1], [2.0, 0.0], 1e-2) == pytest.approx(1.0)
 
 
-# --- discriminative learning rates -----------------------------------------------------------------
+# --- discriminative learning rates ----------------------------------------------------------------
 
 @pytest.mark.parametrize("lr, n, expected", [
     (0.01, 3, [0.01, 0.01, 0.01]),

@@ -107,14 +107,14 @@ class Optimizer:
                 elif p.grad is not None:
                     p.grad.fill(0)
 
-    # --- saving and restoring ----------------------------------------------------------------------
+    # --- saving and restoring ---------------------------------------------------------------------
 
     def _indexed_params(self):
         """Parameters numbered 0, 1, ... across the groups in order (the state_dict's keys)."""
         return [p for group in self.param_groups for p in group["params"]]
 
     def state_dict(self):
-        """A snapshot: {"state": {index: {name: array}}, "param_groups": [{..., "params": [index]}]}.
+        """A snapshot {"state": {index: {name: array}}, "param_groups": [{..., "params": [i]}]}.
 
         Arrays are COPIES (so the snapshot does not move with later steps: restoring after an LR
         sweep is exact) and everything else is a plain int, float or bool -- it can be written to
@@ -221,7 +221,8 @@ class SGD(Optimizer):
         loss = closure() if closure is not None else None
         for k, group in enumerate(self.param_groups):
             lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
-            wd, nesterov, decoupled = group["weight_decay"], group["nesterov"], group["decoupled_wd"]
+            wd, decoupled = group["weight_decay"], group["decoupled_wd"]
+            nesterov = group["nesterov"]
             for i, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:

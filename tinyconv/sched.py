@@ -18,8 +18,8 @@ together. The endpoints may be NumPy arrays (one value per parameter group): the
 
 The training policies:
     one_cycle   warm up from lr_max/div to lr_max, anneal to lr_max/div_final (Smith; fastai v2)
-    sgdr        cosine annealing with warm restarts (Loshchilov & Hutter), cycles growing by cycle_mult
-    cyclic      triangular / triangular2 / exp_range cycles per iteration (Smith 2015, torch CyclicLR)
+    sgdr        cosine annealing with warm restarts (Loshchilov & Hutter), cycles x cycle_mult
+    cyclic      triangular / triangular2 / exp_range cycles per iteration (Smith; torch CyclicLR)
     flat_cos    flat, then cosine annealing (fastai's fit_flat_cos)
     lr_find_ramp  the LR finder's exponential (or linear) sweep
 
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-# --- primitives ------------------------------------------------------------------------------------
+# --- primitives -----------------------------------------------------------------------------------
 
 def sched_lin(start, end, pos):
     """Linear from `start` (pos=0) to `end` (pos=1)."""
@@ -71,7 +71,7 @@ def sched_exp(start, end, pos):
 
 
 def sched_poly(start, end, pos, power):
-    """Polynomial from `start` to `end`: start + (end - start) * pos**power (fastai v2 SchedPoly)."""
+    """Polynomial from `start` to `end`: start + (end - start) * pos**power (fastai v2)."""
     return start + (end - start) * pos ** power
 
 
@@ -132,7 +132,7 @@ def combined_cos(pct, start, middle, end):
     return combine_scheds([pct, 1 - pct], [SchedCos(start, middle), SchedCos(middle, end)])
 
 
-# --- one-cycle -------------------------------------------------------------------------------------
+# --- one-cycle ------------------------------------------------------------------------------------
 
 def _torch_one_cycle(start, peak, end, pct_start, total_steps):
     """PyTorch OneCycleLR's two cosine phases as f(pos), pos = step / total_steps.
@@ -213,7 +213,7 @@ def flat_cos(lr, pct_start=0.75, div_final=1e5):
     return combined_cos(pct_start, lr, lr, lr / div_final)
 
 
-# --- SGDR ------------------------------------------------------------------------------------------
+# --- SGDR -----------------------------------------------------------------------------------------
 
 class SGDR:
     """Cosine annealing with warm restarts (Loshchilov & Hutter 2017) as f(pos) over the whole run.
@@ -257,7 +257,8 @@ class SGDR:
         i, t_cur, t_i = self.cycle(pos)
         if self.warmup and i == 0 and t_cur < 0.05 * t_i:
             return self.lr_max / 100
-        return self.eta_min + (self.lr_max - self.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+        cos_out = 1 + math.cos(math.pi * t_cur / t_i)
+        return self.eta_min + (self.lr_max - self.eta_min) * cos_out / 2
 
     def is_cycle_end(self, epoch):
         """True if a cycle ends after `epoch` completed epochs (counting from 1)."""
@@ -278,7 +279,7 @@ def sgdr(lr_max, n_cycles, cycle_len=1, cycle_mult=2, eta_min=0.0, warmup=False)
     return f, f.n_epochs
 
 
-# --- cyclical learning rates -----------------------------------------------------------------------
+# --- cyclical learning rates ----------------------------------------------------------------------
 
 _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 
@@ -330,12 +331,13 @@ def cyclic_mom(step_size, base_momentum=0.8, max_momentum=0.9, mode="triangular"
     return lambda t: max_momentum - (max_momentum - base_momentum) * height(t)
 
 
-# --- LR finder -------------------------------------------------------------------------------------
+# --- LR finder ------------------------------------------------------------------------------------
 
 def lr_find_ramp(start_lr=1e-7, end_lr=10.0, linear=False):
     """The LR finder's sweep as f(pos), pos = i / num_it for batch i.
 
-    Exponential: start_lr * (end_lr / start_lr) ** pos; linear: start_lr + pos * (end_lr - start_lr).
+    Exponential: start_lr * (end_lr / start_lr) ** pos; linear: start_lr + pos * (end_lr -
+    start_lr).
     start_lr / end_lr may be arrays (one per parameter group) to keep the groups' ratios.
     """
     return SchedLin(start_lr, end_lr) if linear else SchedExp(start_lr, end_lr)
@@ -446,7 +448,7 @@ def loss_at(lrs, losses, lr):
     return float(np.interp(np.log10(lr), np.log10(lrs), losses))
 
 
-# --- discriminative learning rates -----------------------------------------------------------------
+# --- discriminative learning rates ----------------------------------------------------------------
 
 def even_mults(start, stop, n):
     """n values from `start` to `stop`, evenly spaced in log space (fastai's even_mults)."""
