@@ -1,4 +1,4 @@
-"""SGD: REFERENCE.md golden values, torch.optim.SGD as oracle, state_dict, errors, no temporaries."""
+"""SGD: REFERENCE.md golden values, torch.optim.SGD as oracle, state_dict, errors, no copies."""
 
 import json
 import tracemalloc
