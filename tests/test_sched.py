@@ -276,7 +276,8 @@ def test_sgdr_matches_torch_warm_restarts_per_batch(t_mult, eta_min):
         assert f(i / (n_epochs * nb)) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), i
 
 
-@pytest.mark.parametrize("total, pct", [(10, 0.3), (37, 0.3), (100, 0.25), (7, 0.5)])
+@pytest.mark.parametrize("total, pct", [(10, 0.3), (37, 0.3), (100, 0.25), (7, 0.5), (3, 0.3),
+                                        (2, 0.3)])
 def test_one_cycle_torch_convention_matches_onecyclelr(total, pct):
     torch = pytest.importorskip("torch")
     opt = _torch_opt(torch)

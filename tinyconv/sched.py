@@ -151,10 +151,10 @@ def _torch_one_cycle(start, peak, end, pct_start, total_steps):
         step = min(step, last_step)   # f(1) is the final value, as in the fastai convention
         if step <= peak_step and peak_step > 0:
             return sched_cos(start, peak, step / peak_step)
-        first = max(peak_step, 0.0)
-        if last_step <= first:        # one step in total: nothing left to anneal
+        # phase 2 starts where phase 1 ends, even when that is before step 0 (as torch)
+        if last_step <= peak_step:    # one step in total: nothing left to anneal
             return peak
-        return sched_cos(peak, end, (step - first) / (last_step - first))
+        return sched_cos(peak, end, (step - peak_step) / (last_step - peak_step))
 
     return f
 
