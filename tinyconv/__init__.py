@@ -1,8 +1,20 @@
-"""tinyconv: a from-scratch CNN framework in NumPy + Numba that you can read end to end."""
-# autograd first: it defines Function, then imports Tensor, whose methods import the ops.
+"""tinyconv: a from-scratch CNN framework in NumPy + Numba that you can read end to end.
+
+    import tinyconv as tc
+    from tinyconv import nn
+    from tinyconv.nn import functional as F
+"""
+# _threads first: it configures OpenBLAS, which reads its settings when NumPy is first imported.
+from . import _threads  # noqa: F401  (imported for its side effect)
+
+# autograd before tensor: it defines Function, then imports Tensor, whose methods import the ops.
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .tensor import Tensor
 
+from . import data, models, nn, optim, sched  # noqa: E402
+from .serialize import load, save  # noqa: E402
+
 __version__ = "0.1.0"
 
-__all__ = ["Function", "Tensor", "no_grad", "enable_grad", "is_grad_enabled", "__version__"]
+__all__ = ["Function", "Tensor", "no_grad", "enable_grad", "is_grad_enabled", "nn", "models",
+           "optim", "sched", "data", "save", "load", "__version__"]
