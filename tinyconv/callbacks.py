@@ -1,0 +1,565 @@
+"""Callbacks: small objects that hook into the Learner's training loop at named events.
+
+The Learner's loop (learner.py) is plain Python that announces what it is doing:
+
+    before_fit
+      before_epoch
+        before_train                      (model.train() has just been called)
+          before_batch  after_pred  after_loss  before_backward  after_backward  after_step
+          after_batch                     (one line per training batch)
+        after_train
+        before_validate                   (model.eval(), no_grad)
+          before_batch  after_pred  after_loss  after_batch
+        after_validate
+      after_epoch
+    after_fit
+
+A callback defines methods named after the events it cares about (no arguments; it reaches the
+learner through `self.learn`). Callbacks run in increasing `order`. Raising `CancelBatch`,
+`CancelTrain`, `CancelValid`, `CancelEpoch` or `CancelFit` skips the rest of that stage: the loop
+then calls `after_cancel_<stage>` and still calls `after_<stage>`.
+
+What lives here:
+    Recorder          per batch lr/momentum of every group, raw and smoothed loss; per epoch
+                      train loss, valid loss, metrics, time                          (order 50)
+    ParamScheduler    sets group["lr"], group["momentum"], ... = f(pos) before each batch (10)
+    LRFinder          the LR sweep of `learn.lr_find` (60)
+    TerminateOnNaN    stops at a non-finite loss, naming the epoch and batch (0)
+    ProgressCallback  a live bar on a terminal, plain lines otherwise, one row per epoch (70)
+    SaveBest, CycleSnapshots, Checkpoint, EarlyStopping    files and early stops (60, 60, 60, 80)
+    GatherPreds       collects predictions for learn.get_preds (0)
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from .metrics import metric_name
+
+__all__ = ["EVENTS", "Callback", "CancelBatch", "CancelTrain", "CancelValid", "CancelEpoch",
+           "CancelFit", "Recorder", "ParamScheduler", "LRFinder", "TerminateOnNaN",
+           "ProgressCallback", "SaveBest", "CycleSnapshots", "Checkpoint", "EarlyStopping",
+           "GatherPreds"]
+
+EVENTS = ("before_fit", "before_epoch", "before_train", "before_batch", "after_pred",
+          "after_loss", "before_backward", "after_backward", "after_step", "after_cancel_batch",
+          "after_batch", "after_cancel_train", "after_train", "before_validate",
+          "after_cancel_validate", "after_validate", "after_cancel_epoch", "after_epoch",
+          "after_cancel_fit", "after_fit")
+
+
+class CancelBatch(Exception):
+    """Skip the rest of this batch (no backward/step if raised before them)."""
+
+
+class CancelTrain(Exception):
+    """Skip the rest of this epoch's training batches."""
+
+
+class CancelValid(Exception):
+    """Skip this epoch's validation."""
+
+
+class CancelEpoch(Exception):
+    """Skip the rest of this epoch."""
+
+
+class CancelFit(Exception):
+    """Stop training now (after_fit still runs)."""
+
+
+class Callback:
+    """Base class. Define methods named after events; `order` sorts callbacks (lower runs first).
+
+    `learn` is set by the Learner when the callback is added.
+    """
+
+    order = 0
+    learn = None
+
+    def __repr__(self):
+        return type(self).__name__
+
+
+# --- recording -----------------------------------------------------------------------------------
+
+class Recorder(Callback):
+    """Remembers what happened, for the progress table, plots and callbacks that track a metric.
+
+    Per training batch (lists with one entry per batch):
+        lrs, moms         lr and momentum of the LAST parameter group (the head)
+        group_lrs, group_moms   tuples with the value of every group
+        raw_losses        the batch's loss;  losses: smoothed, avg = beta*avg + (1-beta)*loss,
+                          debiased as avg / (1 - beta**count) (so the first value is the loss)
+    Per epoch:
+        values            [train_loss, valid_loss, *metrics]; train_loss is the mean loss of the
+                          epoch's batches weighted by batch size (valid_loss likewise over the
+                          validation set: exact); NaN where there was no validation
+        times, iters      seconds per epoch; training batches done at the end of each epoch
+        log               the last epoch as a dict {"epoch", "train_loss", "valid_loss", <metric>,
+                          "time"} (what SaveBest / EarlyStopping read by name)
+    `metric_names` = ["train_loss", "valid_loss", *metric function names].
+    """
+
+    order = 50
+
+    def __init__(self, beta: float = 0.98):
+        self.beta = beta
+        self.metric_names = ["train_loss", "valid_loss"]
+        self._reset()
+        self.last_valid = None
+        self.suggestions = None          # set by lr_find: {"valley": lr, ...}
+        self.lr_find_num_it = None
+
+    def _reset(self):
+        self.lrs, self.moms, self.losses, self.raw_losses = [], [], [], []
+        self.group_lrs, self.group_moms = [], []
+        self.values, self.times, self.iters = [], [], []
+        self.log = {}
+        self._avg, self._count = 0.0, 0
+
+    def before_fit(self):
+        self._reset()
+        self.suggestions = None
+        self.metric_names = ["train_loss", "valid_loss"] + [metric_name(m)
+                                                            for m in self.learn.metrics]
+
+    def before_epoch(self):
+        self._start = time.perf_counter()
+        self._train_sum, self._train_n = 0.0, 0
+        self.last_valid = None
+
+    def before_validate(self):
+        self._valid_loss, self._valid_n = 0.0, 0
+        self._valid_mets = [0.0] * len(self.learn.metrics)
+
+    def after_batch(self):
+        learn = self.learn
+        n = len(learn.yb)
+        if not learn.training:
+            self._valid_loss += learn.loss_value * n
+            for k, metric in enumerate(learn.metrics):
+                self._valid_mets[k] += metric(learn.pred, learn.yb) * n
+            self._valid_n += n
+            return
+        loss = learn.loss_value
+        self._count += 1
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
+        learn.smooth_loss = self._avg / (1 - self.beta ** self._count)
+        self.raw_losses.append(loss)
+        self.losses.append(learn.smooth_loss)
+        groups = learn.opt.param_groups
+        self.group_lrs.append(tuple(g["lr"] for g in groups))
+        self.group_moms.append(tuple(g.get("momentum", 0.0) for g in groups))
+        self.lrs.append(self.group_lrs[-1][-1])
+        self.moms.append(self.group_moms[-1][-1])
+        self._train_sum += loss * n
+        self._train_n += n
+
+    def after_validate(self):
+        if self._valid_n:
+            n = self._valid_n
+            self.last_valid = [self._valid_loss / n] + [m / n for m in self._valid_mets]
+
+    def after_epoch(self):
+        train_loss = self._train_sum / self._train_n if self._train_n else math.nan
+        valid = self.last_valid or [math.nan] * (1 + len(self.learn.metrics))
+        self.values.append([train_loss] + valid)
+        self.times.append(time.perf_counter() - self._start)
+        self.iters.append(len(self.losses))
+        self.log = {"epoch": self.learn.epoch, **dict(zip(self.metric_names, self.values[-1])),
+                    "time": self.times[-1]}
+
+    # plots (the drawing is in tinyconv/plot.py, which imports matplotlib only when needed)
+    def plot_loss(self, path=None, skip_start: int = 5, with_valid: bool = True):
+        """Training loss per batch (raw and smoothed) and validation loss per epoch."""
+        from . import plot
+        return plot.plot_loss(self, path=path, skip_start=skip_start, with_valid=with_valid)
+
+    def plot_sched(self, path=None):
+        """The lr and momentum of every parameter group, per batch."""
+        from . import plot
+        return plot.plot_sched(self, path=path)
+
+    def plot_lr_find(self, path=None, skip_end: int = 5):
+        """Smoothed loss against lr (log x axis) of the last lr_find, suggestions marked."""
+        from . import plot
+        return plot.plot_lr_find(self.lrs, self.losses, suggestions=self.suggestions,
+                                 path=path, skip_end=skip_end)
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+def _per_group(name, value, n_groups):
+    """A schedule's value as one float per group: a number is shared, an array gives one each."""
+    if np.ndim(value) == 0:
+        return [float(value)] * n_groups
+    values = [float(v) for v in np.ravel(value)]
+    if len(values) != n_groups:
+        raise ValueError(f"ParamScheduler: the schedule for {name!r} gives {len(values)} values, "
+                         f"the optimizer has {n_groups} parameter groups")
+    return values
+
+
+class ParamScheduler(Callback):
+    """Sets hyper-parameters from schedules before every training batch i: value = f(i / total).
+
+    scheds: {"lr": f, "momentum": g, ...}; each f maps pos in [0, 1] to a number (every group
+    gets it), to an array with one value per group, or is a list of functions, one per group.
+    `hps` records what was set: {"lr": [[group values] per batch], ...}.
+    """
+
+    order = 10
+
+    def __init__(self, scheds: dict):
+        if not isinstance(scheds, dict) or not scheds:
+            raise TypeError(f"ParamScheduler: scheds must be a non-empty dict name -> schedule, "
+                            f"got {scheds!r}")
+        self.scheds = scheds
+        self.hps = {name: [] for name in scheds}
+
+    def before_fit(self):
+        groups = self.learn.opt.param_groups
+        for name in self.scheds:
+            if name not in groups[0]:
+                raise KeyError(f"ParamScheduler: the optimizer's groups have no {name!r} "
+                               f"(they have {sorted(k for k in groups[0] if k != 'params')})")
+        self.hps = {name: [] for name in self.scheds}
+
+    def before_batch(self):
+        if not self.learn.training:
+            return
+        pos = self.learn.train_iter / self.learn.total_iters
+        groups = self.learn.opt.param_groups
+        for name, f in self.scheds.items():
+            if isinstance(f, (list, tuple)):
+                values = _per_group(name, [fi(pos) for fi in f], len(groups))
+            else:
+                values = _per_group(name, f(pos), len(groups))
+            for group, v in zip(groups, values):
+                group[name] = v
+            self.hps[name].append(values)
+
+
+class LRFinder(Callback):
+    """The LR range test: lr_i = ramp(i / num_it) before training batch i, stop on divergence.
+
+    ramp: exponential start -> end (linear if asked); start/end hold one value per group, so the
+    groups keep their ratios. Stops after num_it batches, or (stop_div) as soon as the smoothed
+    loss is non-finite or exceeds 4x the best so far. Validation is skipped. The Learner's
+    lr_find restores the weights, the optimizer and the random state afterwards.
+    """
+
+    order = 60
+
+    def __init__(self, start_lr, end_lr, num_it: int = 100, stop_div: bool = True,
+                 linear: bool = False):
+        from .sched import lr_find_ramp
+        if num_it < 1:
+            raise ValueError(f"lr_find: num_it must be >= 1, got {num_it}")
+        self.ramp = lr_find_ramp(np.asarray(start_lr, dtype=np.float64),
+                                 np.asarray(end_lr, dtype=np.float64), linear=linear)
+        self.num_it, self.stop_div = num_it, stop_div
+
+    def before_fit(self):
+        self.best_loss = math.inf
+
+    def before_batch(self):
+        if not self.learn.training:
+            return
+        groups = self.learn.opt.param_groups
+        values = _per_group("lr", self.ramp(self.learn.train_iter / self.num_it), len(groups))
+        for group, lr in zip(groups, values):
+            group["lr"] = lr
+
+    def after_batch(self):
+        if not self.learn.training:
+            return
+        loss = self.learn.smooth_loss                    # set by the Recorder (order 50)
+        if self.stop_div and (not math.isfinite(loss) or loss > 4 * self.best_loss):
+            raise CancelFit
+        self.best_loss = min(self.best_loss, loss)
+        if self.learn.train_iter + 1 >= self.num_it:
+            raise CancelFit
+
+    def before_validate(self):
+        raise CancelValid
+
+
+class TerminateOnNaN(Callback):
+    """Stops training at the first non-finite training loss, before it reaches the weights.
+
+    Checked right after the loss (before backward and step), so the model keeps the weights of the
+    last good batch. Sets learn.stop_reason and emits a RuntimeWarning naming epoch and batch.
+    """
+
+    order = 0
+
+    def after_loss(self):
+        learn = self.learn
+        if learn.training and not math.isfinite(learn.loss_value):
+            learn.stop_reason = (
+                f"training stopped: the loss became {learn.loss_value} at epoch {learn.epoch} "
+                f"batch {learn.iter} (counting from 0; training iteration {learn.train_iter}, "
+                f"lr {learn.opt.param_groups[-1]['lr']:.3g}); the weights are those before "
+                f"this batch. Try a lower learning rate.")
+            warnings.warn(learn.stop_reason, RuntimeWarning, stacklevel=2)
+            raise CancelFit
+
+
+class GatherPreds(Callback):
+    """Collects the probabilities (softmax of the outputs), targets and optionally per-item
+    losses of every validation batch; `result()` concatenates them."""
+
+    order = 0
+
+    def __init__(self, with_loss: bool = False):
+        self.with_loss = with_loss
+        self.probs, self.targets, self.item_losses = [], [], []
+
+    def after_loss(self):
+        learn = self.learn
+        if learn.training:
+            return
+        logits = learn.pred.data
+        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        self.probs.append(z / z.sum(axis=-1, keepdims=True))
+        self.targets.append(learn.yb.data)
+        if self.with_loss:
+            self.item_losses.append(learn.item_losses(learn.pred, learn.yb))
+
+    def result(self):
+        """(probs (N, K), targets (N,)[, losses (N,)]) as arrays."""
+        if not self.probs:
+            raise ValueError("get_preds: the data loader gave no batches")
+        out = (np.concatenate(self.probs), np.concatenate(self.targets))
+        return out + (np.concatenate(self.item_losses),) if self.with_loss else out
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+class ProgressCallback(Callback):
+    """Shows progress: a live bar on a terminal (batch, loss, time left) redrawn in place, or plain
+    lines when the output is not a terminal (CI logs); and one table row per epoch.
+
+    silent=True prints nothing. file: where to write (default sys.stdout). live: force the bar on
+    or off (default: file.isatty()). The bar is redrawn at most every `refresh` seconds and a plain
+    progress line written at most every `plain_every` seconds, so the cost per batch is a clock
+    read.
+    """
+
+    order = 70
+
+    def __init__(self, silent: bool = False, file=None, live=None, refresh: float = 0.2,
+                 plain_every: float = 30.0, width: int = 30):
+        self.silent, self.file, self.live = silent, file, live
+        self.refresh, self.plain_every, self.width = refresh, plain_every, width
+
+    def _out(self):
+        return self.file if self.file is not None else sys.stdout
+
+    def _is_live(self):
+        if self.live is not None:
+            return self.live
+        isatty = getattr(self._out(), "isatty", None)
+        return bool(isatty and isatty())
+
+    def _write(self, text):
+        out = self._out()
+        out.write(text)
+        out.flush()
+
+    def before_fit(self):
+        if self.silent or self.learn.lr_finding:
+            return
+        self._columns = ["epoch"] + self.learn.recorder.metric_names + ["time"]
+        self._write("  ".join(f"{c:>10}" for c in self._columns) + "\n")
+
+    def before_train(self):
+        self._start_phase("train")
+
+    def before_validate(self):
+        self._start_phase("valid")
+
+    def _start_phase(self, phase):
+        self._phase, self._t0 = phase, time.perf_counter()
+        self._n = len(self.learn.dl)
+        self._last_draw = self._t0
+        self._drawn = False
+
+    def after_batch(self):
+        if self.silent:
+            return
+        now = time.perf_counter()
+        live = self._is_live()
+        if now - self._last_draw < (self.refresh if live else self.plain_every):
+            return
+        self._last_draw = now
+        done = self.learn.iter + 1
+        eta = (now - self._t0) / done * (self._n - done)
+        loss = getattr(self.learn, "smooth_loss", math.nan) if self.learn.training \
+            else self.learn.loss_value
+        text = (f"epoch {self.learn.epoch} {self._phase} {done}/{self._n} loss {loss:.4f} "
+                f"elapsed {_fmt_time(now - self._t0)} left {_fmt_time(eta)}")
+        if live:
+            filled = int(self.width * done / max(self._n, 1))
+            self._write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {text}\033[K")
+            self._drawn = True
+        else:
+            self._write(text + "\n")
+
+    def _clear(self):
+        if self._drawn:
+            self._write("\r\033[K")
+            self._drawn = False
+
+    def after_train(self):
+        self._clear()
+
+    def after_validate(self):
+        self._clear()
+
+    def after_epoch(self):
+        if self.silent or self.learn.lr_finding:
+            return
+        log = self.learn.recorder.log
+        cells = [f"{log['epoch']:>10d}"] + [f"{log[c]:>10.6f}" for c in self._columns[1:-1]]
+        self._write("  ".join(cells + [f"{_fmt_time(log['time']):>10}"]) + "\n")
+
+    def after_fit(self):
+        if not self.silent and self.learn.lr_finding:
+            self._clear()
+
+
+# --- files and early stopping --------------------------------------------------------------------
+
+def _better(monitor, mode):
+    """(is_better(new, best) for `mode`, the worst starting value). auto: min for losses/errors."""
+    if mode == "auto":
+        mode = "min" if ("loss" in monitor or "error" in monitor) else "max"
+    if mode == "min":
+        return (lambda new, best, delta: new < best - delta), math.inf
+    if mode == "max":
+        return (lambda new, best, delta: new > best + delta), -math.inf
+    raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+
+
+class _Tracker(Callback):
+    """Follows one column of the per-epoch log ("valid_loss", "accuracy", ...)."""
+
+    def __init__(self, monitor: str = "valid_loss", mode: str = "auto", min_delta: float = 0.0):
+        self.monitor, self.min_delta = monitor, min_delta
+        self._is_better, self._worst = _better(monitor, mode)
+
+    def before_fit(self):
+        self.best, self.best_epoch = self._worst, None
+        names = self.learn.recorder.metric_names
+        if self.monitor not in names:
+            raise KeyError(f"{type(self).__name__}: cannot monitor {self.monitor!r}; the recorder "
+                           f"logs {names}")
+
+    def _improved(self) -> bool:
+        value = self.learn.recorder.log[self.monitor]
+        if math.isfinite(value) and self._is_better(value, self.best, self.min_delta):
+            self.best, self.best_epoch = value, self.learn.epoch
+            return True
+        return False
+
+
+class SaveBest(_Tracker):
+    """Saves the model whenever `monitor` improves (end of epoch); reloads the best at the end.
+
+    path: the .npz file (a tc.load-able model file; with_opt adds the optimizer state).
+    """
+
+    order = 60
+
+    def __init__(self, path, monitor: str = "valid_loss", mode: str = "auto",
+                 min_delta: float = 0.0, with_opt: bool = False, load_best: bool = True):
+        super().__init__(monitor, mode, min_delta)
+        self.path, self.with_opt, self.load_best = os.fspath(path), with_opt, load_best
+
+    def after_epoch(self):
+        if self._improved():
+            self.learn.save(self.path, with_opt=self.with_opt, epoch=self.learn.epoch + 1)
+
+    def after_fit(self):
+        if self.load_best and self.best_epoch is not None:
+            self.learn.load(self.path, with_opt=False)
+
+
+class EarlyStopping(_Tracker):
+    """Stops training when `monitor` has not improved for `patience` epochs.
+
+    Runs after the progress table (order 80), so the last epoch's row is still printed.
+    """
+
+    order = 80
+
+    def __init__(self, monitor: str = "valid_loss", mode: str = "auto", min_delta: float = 0.0,
+                 patience: int = 1):
+        super().__init__(monitor, mode, min_delta)
+        self.patience = patience
+
+    def before_fit(self):
+        super().before_fit()
+        self.wait = 0
+
+    def after_epoch(self):
+        if self._improved():
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.learn.stop_reason = (
+                f"early stopping after epoch {self.learn.epoch}: {self.monitor} has not improved "
+                f"on {self.best:.6g} (epoch {self.best_epoch}) for {self.wait} epochs")
+            raise CancelFit
+
+
+class CycleSnapshots(Callback):
+    """Saves the model at the end of each SGDR cycle: `{prefix}_cycle{k}.npz`, k = 1, 2, ...
+
+    cycle_ends: the epoch counts (from 1) that end a cycle, e.g. [1, 3, 7]. `paths` lists the files
+    written (snapshot ensembles average their predictions).
+    """
+
+    order = 60
+
+    def __init__(self, cycle_ends, prefix):
+        self.cycle_ends, self.prefix = list(cycle_ends), os.fspath(prefix)
+        self.paths = []
+
+    def after_epoch(self):
+        done = self.learn.epoch + 1
+        if done in self.cycle_ends:
+            path = f"{self.prefix}_cycle{self.cycle_ends.index(done) + 1}.npz"
+            self.learn.save(path, with_opt=False, epoch=done)
+            self.paths.append(path)
+
+
+class Checkpoint(Callback):
+    """Saves model + optimizer + schedule position (+ random state) every `every` epochs, to
+    resume an interrupted run:  learn.load(path); learn.fit_one_cycle(n, lr,
+    start_epoch=learn.checkpoint_epoch)  continues exactly where it stopped."""
+
+    order = 60
+
+    def __init__(self, path, every: int = 1):
+        self.path, self.every = os.fspath(path), every
+
+    def after_epoch(self):
+        done = self.learn.epoch + 1
+        if done % self.every == 0 or done == self.learn.n_epoch:
+            self.learn.save(self.path, with_opt=True, epoch=done)
