@@ -3,7 +3,8 @@
     learn = Learner(model, train_dl, valid_dl, metrics=[accuracy])
     learn.lr_find()                         # -> SuggestedLRs(valley=..., slide=..., ...)
     learn.fit_one_cycle(5, 1e-2)            # or fit / fit_sgdr / fit_cyclic / fit_flat_cos
-    learn.freeze(); learn.fit_sgdr(3, 1, 1e-2); learn.unfreeze(); learn.fit_one_cycle(3, slice(1e-4, 1e-2))
+    learn.freeze(); learn.fit_sgdr(3, 1, 1e-2)         # train the head, then everything with
+    learn.unfreeze(); learn.fit_one_cycle(3, slice(1e-4, 1e-2))   # discriminative LRs
     probs, targets = learn.tta()
 
 The loop is plain Python that calls events (see callbacks.py for the list and order); everything
@@ -46,7 +47,7 @@ __all__ = ["Learner", "policy_scheds", "POLICIES"]
 POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant")
 
 
-# --- training policies as schedules ----------------------------------------------------------------
+# --- training policies as schedules ---------------------------------------------------------------
 
 def _per_iteration(f, total_iters):
     """f(iteration) as f(pos), pos = i / total_iters (snapping i back to an integer)."""
@@ -98,7 +99,7 @@ def policy_scheds(policy: str, n_epoch: int = 1, n_iter: int = 100, **kwargs):
     raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
 
 
-# --- layer groups ----------------------------------------------------------------------------------
+# --- layer groups ---------------------------------------------------------------------------------
 
 def _params_of(item, where: str) -> list:
     """The Parameters of a layer-group entry: a Module, a Parameter, or a list of those."""
@@ -108,7 +109,8 @@ def _params_of(item, where: str) -> list:
         return list(item.parameters())
     if isinstance(item, (list, tuple)):
         return [p for x in item for p in _params_of(x, where)]
-    raise TypeError(f"{where}: a layer group holds Modules or Parameters, got {type(item).__name__}")
+    raise TypeError(f"{where}: a layer group holds Modules or Parameters, "
+                    f"got {type(item).__name__}")
 
 
 def _batchnorms_of(item) -> list:
@@ -120,7 +122,7 @@ def _batchnorms_of(item) -> list:
     return []
 
 
-# --- random state ----------------------------------------------------------------------------------
+# --- random state ---------------------------------------------------------------------------------
 
 def _generators(roots) -> list:
     """Every np.random.Generator reachable from `roots`, each once, in a fixed order.
@@ -162,7 +164,7 @@ def _jsonable_state(state):
     return json.loads(json.dumps(state, default=lambda v: v.tolist()))
 
 
-# --- the Learner -----------------------------------------------------------------------------------
+# --- the Learner ----------------------------------------------------------------------------------
 
 class Learner:
     """Trains `model` on `train_dl`, evaluates on `valid_dl`.
