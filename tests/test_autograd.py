@@ -199,6 +199,20 @@ def test_python_numbers_and_lists_do_not_upcast_float32():
     assert Tensor(np.arange(3.0)).dtype == np.float64            # arrays keep their dtype
 
 
+def test_integer_tensors_compute_forward_without_a_graph():
+    labels = Tensor(np.array([[3, 1, 3], [0, 2, 2]]))
+    assert labels.max().item() == 3 and labels.min(axis=1).data.tolist() == [1, 0]
+    assert labels.sum(axis=0).data.tolist() == [3, 3, 5]
+    np.testing.assert_allclose(Tensor(np.array([0, 2])).sigmoid().data, [0.5, 1 / (1 + np.exp(-2))])
+
+
+def test_a_0d_tensor_reduces_over_dim_0_or_minus_1_like_torch():
+    x = Tensor(np.array(3.0), requires_grad=True)
+    assert x.sum(axis=0).shape == () and x.max(axis=-1).item() == 3.0
+    x.mean(axis=0).backward()
+    assert x.grad == 1.0
+
+
 # ---- broadcasting -----------------------------------------------------------------------------
 
 def _grads(op, a, b, upstream):

@@ -181,7 +181,7 @@ class Sigmoid(Function):
     def forward(ctx, x):
         # exp of a negative number only: stable for large |x|
         e = np.exp(-np.abs(x))
-        ctx.y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        ctx.y = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
         return ctx.y
 
     @staticmethod

@@ -17,9 +17,9 @@ def _axes(axis, ndim: int) -> tuple:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     for a in axes:
-        if not -ndim <= a < max(ndim, 1):
+        if not -max(ndim, 1) <= a < max(ndim, 1):
             raise ValueError(f"reduction: axis {a} is out of range for a {ndim}-d input")
-    return tuple(sorted(a % max(ndim, 1) for a in axes))
+    return tuple(sorted(a % ndim for a in axes)) if ndim else ()    # a 0-d tensor: dim 0 is itself
 
 
 def _expand(dy: np.ndarray, x_shape: tuple, axes: tuple, keepdims: bool) -> np.ndarray:
@@ -27,6 +27,15 @@ def _expand(dy: np.ndarray, x_shape: tuple, axes: tuple, keepdims: bool) -> np.n
     if not keepdims:
         dy = np.expand_dims(dy, axes)
     return dy
+
+
+def _winners(x: np.ndarray, extreme: np.ndarray, axes: tuple) -> np.ndarray:
+    """Weights 1/k at the k elements equal to their extreme, 0 elsewhere: ties share equally.
+
+    Float even for integer x (whose max is allowed, though it never needs a gradient).
+    """
+    winners = (x == extreme).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+    return winners / winners.sum(axis=axes, keepdims=True)
 
 
 class Sum(Function):
@@ -60,8 +69,7 @@ class Max(Function):
     def forward(ctx, x, axis=None, keepdims=False):
         ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
         y = x.max(axis=ctx.axes, keepdims=True)
-        ctx.winners = (x == y).astype(x.dtype)
-        ctx.winners /= ctx.winners.sum(axis=ctx.axes, keepdims=True)   # ties share equally
+        ctx.winners = _winners(x, y, ctx.axes)
         return np.asarray(y if keepdims else y.squeeze(ctx.axes))
 
     @staticmethod
@@ -75,8 +83,7 @@ class Min(Function):
     def forward(ctx, x, axis=None, keepdims=False):
         ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
         y = x.min(axis=ctx.axes, keepdims=True)
-        ctx.winners = (x == y).astype(x.dtype)
-        ctx.winners /= ctx.winners.sum(axis=ctx.axes, keepdims=True)   # ties share equally
+        ctx.winners = _winners(x, y, ctx.axes)
         return np.asarray(y if keepdims else y.squeeze(ctx.axes))
 
     @staticmethod
