@@ -67,32 +67,10 @@ def _tinyconv_step(net_name):
 
 def _torch_step(net_name):
     import torch
-    tnn = torch.nn
-
-    def conv_bn(c_in, c_out):
-        return tnn.Sequential(tnn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                              tnn.BatchNorm2d(c_out), tnn.ReLU())
-
-    class Residual(tnn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.res1, self.res2 = conv_bn(c, c), conv_bn(c, c)
-
-        def forward(self, x):
-            return x + self.res2(self.res1(x))
-
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch_nets                                 # the same nets, written in PyTorch
     args, shape = NETS[net_name]
-    if net_name == "mnist_cnn":
-        model = tnn.Sequential(conv_bn(1, 32), tnn.MaxPool2d(2), conv_bn(32, 64), tnn.MaxPool2d(2),
-                               tnn.Flatten(), tnn.Linear(3136, 128), tnn.ReLU(),
-                               tnn.Linear(128, 10))
-    else:
-        w = args["width"]
-        c0, c1, c2, c3 = w, 2 * w, 4 * w, 8 * w
-        model = tnn.Sequential(conv_bn(3, c0), conv_bn(c0, c1), tnn.MaxPool2d(2), Residual(c1),
-                               conv_bn(c1, c2), tnn.MaxPool2d(2), conv_bn(c2, c3),
-                               tnn.MaxPool2d(2), Residual(c3), tnn.MaxPool2d(4), tnn.Flatten(),
-                               tnn.Linear(c3, 10, bias=False))
+    model = torch_nets.mnist_cnn() if net_name == "mnist_cnn" else torch_nets.resnet9(**args)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x_np, y_np = _batch(shape)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)

@@ -57,44 +57,15 @@ def test_build_by_name_and_errors():
 
 # ---- the same nets written in torch -------------------------------------------------------------
 
-def _torch_nets(torch):
-    tnn = torch.nn
-
-    def conv_bn(c_in, c_out):
-        return tnn.Sequential(tnn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                              tnn.BatchNorm2d(c_out), tnn.ReLU())
-
-    class Residual(tnn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.res1, self.res2 = conv_bn(c, c), conv_bn(c, c)
-
-        def forward(self, x):
-            return x + self.res2(self.res1(x))
-
-    def mnist_cnn():
-        return tnn.Sequential(conv_bn(1, 32), tnn.MaxPool2d(2), conv_bn(32, 64), tnn.MaxPool2d(2),
-                              tnn.Flatten(), tnn.Linear(3136, 128), tnn.ReLU(),
-                              tnn.Linear(128, 10))
-
-    def resnet9(width):
-        c0, c1, c2, c3 = width, 2 * width, 4 * width, 8 * width
-        return tnn.Sequential(conv_bn(3, c0), conv_bn(c0, c1), tnn.MaxPool2d(2), Residual(c1),
-                              conv_bn(c1, c2), tnn.MaxPool2d(2), conv_bn(c2, c3), tnn.MaxPool2d(2),
-                              Residual(c3), tnn.MaxPool2d(4), tnn.Flatten(),
-                              tnn.Linear(c3, 10, bias=False))
-    return mnist_cnn, resnet9
-
-
 @pytest.mark.parametrize("name", ["mnist_cnn", "resnet9"])
 def test_torch_state_dict_loads_and_gives_the_same_outputs(name, rng):
     torch = pytest.importorskip("torch")
+    import torch_nets
     torch.manual_seed(0)
-    torch_mnist, torch_resnet9 = _torch_nets(torch)
     if name == "mnist_cnn":
-        theirs, ours, shape = torch_mnist(), models.mnist_cnn(), (4, 1, 28, 28)
+        theirs, ours, shape = torch_nets.mnist_cnn(), models.mnist_cnn(), (4, 1, 28, 28)
     else:
-        theirs, ours, shape = torch_resnet9(8), models.resnet9(width=8), (4, 3, 32, 32)
+        theirs, ours, shape = torch_nets.resnet9(width=8), models.resnet9(width=8), (4, 3, 32, 32)
     # a few training-mode passes so the running statistics are not at their initial values
     with torch.no_grad():
         for _ in range(2):
