@@ -42,7 +42,7 @@ def _batch(shape, seed=0):
     return x, y
 
 
-# ---- workers: one framework, one net, in this process -------------------------------------------
+# ---- workers: one framework, one net, in this process --------------------------------------------
 
 def _tinyconv_step(net_name):
     sys.path.insert(0, str(ROOT))
@@ -157,11 +157,12 @@ def profile(net_name, steps, warmup):
     print(f"  {'engine + Python (rest)':<28} {rest * 1e3:8.2f} ms  {100 * rest / total:5.1f} %")
 
 
-# ---- driver ----------------------------------------------------------------------------------------
+# ---- driver --------------------------------------------------------------------------------------
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", default=",".join(NETS), help="comma-separated: " + ", ".join(NETS))
+    parser.add_argument("--nets", default=",".join(NETS),
+                        help="comma-separated: " + ", ".join(NETS))
     parser.add_argument("--rounds", type=int, default=3, help="alternations tinyconv/torch")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per process "
                         "(default: 30 mnist_cnn, 10 resnet9_half, 5 resnet9)")

@@ -29,7 +29,7 @@ class Block(nn.Module):
         return self.heads[1](self.heads[0](self.fc(x) * self.scale))
 
 
-# ---- discovery --------------------------------------------------------------------------------
+# ---- discovery -----------------------------------------------------------------------------------
 
 def test_named_parameters_follow_definition_order_through_lists_and_tuples():
     names = [n for n, _ in Block().named_parameters()]
@@ -97,7 +97,7 @@ def test_repr_prints_tree_shapes_and_counts():
     assert "(1): Linear(in_features=2, out_features=2, bias=False)  # weight (2, 2): 4" in text
 
 
-# ---- state_dict --------------------------------------------------------------------------------
+# ---- state_dict ----------------------------------------------------------------------------------
 
 def test_state_dict_has_dotted_names_parameters_then_buffers_per_module():
     keys = list(Block().state_dict())
@@ -293,7 +293,7 @@ def test_layers_match_torch_forward_backward_and_state(training, rng):
                                        err_msg=f"{name} {key}")
 
 
-# ---- a whole conv block, float64 ------------------------------------------------------------------
+# ---- a whole conv block, float64 -----------------------------------------------------------------
 
 def test_conv_bn_residual_block_gradient_directional(rng):
     """conv_bn -> Residual -> max pool, in training mode (batch statistics), every parameter and

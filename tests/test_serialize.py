@@ -105,7 +105,7 @@ def test_unserialisable_metadata_is_rejected_before_writing(trained_net, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
-# ---- bad files -------------------------------------------------------------------------------------
+# ---- bad files -----------------------------------------------------------------------------------
 
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.npz"):

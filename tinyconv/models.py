@@ -28,7 +28,8 @@ class MnistCNN(Sequential):
     def __init__(self, num_classes: int = 10, rng=None):
         super().__init__(conv_bn(1, 32, rng), MaxPool2d(2),
                          conv_bn(32, 64, rng), MaxPool2d(2), Flatten(),
-                         Linear(64 * 7 * 7, 128, rng=rng), ReLU(), Linear(128, num_classes, rng=rng))
+                         Linear(64 * 7 * 7, 128, rng=rng), ReLU(),
+                         Linear(128, num_classes, rng=rng))
         self.arch_args = {"num_classes": num_classes}
 
     def groups(self) -> list[Module]:

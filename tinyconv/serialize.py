@@ -50,7 +50,7 @@ def _model_of(obj) -> Module:
 
 
 def _jsonable(value):
-    """json.dumps hook: NumPy arrays and scalars (e.g. normalisation stats) as plain lists/numbers."""
+    """json.dumps hook: NumPy arrays and scalars (normalisation stats) as plain lists/numbers."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

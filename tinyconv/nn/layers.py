@@ -121,7 +121,7 @@ class ReLU(Module):
 
 
 class MaxPool2d(Module):
-    """Max over kernel_size windows: (N, C, H, W) -> (N, C, OH, OW); stride defaults to the kernel."""
+    """Max over kernel_size windows: (N, C, H, W) -> (N, C, OH, OW); stride defaults to kernel."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()

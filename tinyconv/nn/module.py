@@ -5,7 +5,7 @@ A `Module` finds its state by walking its own attributes, in the order they were
     Parameter              a learnable Tensor          -> parameters(), state_dict()
     Buffer                 state that is not learned   -> buffers(), state_dict()
                            (BatchNorm's running mean)
-    Module                 a sub-module                -> children(), and recursively all of the above
+    Module                 a sub-module                -> children(), and all of the above below it
     list/tuple of Modules  sub-modules named "attr.0", "attr.1", ... (what torch's ModuleList does)
 
 No registration step and no `__setattr__` magic: `self.fc = Linear(4, 2)` is all it takes. Names are
@@ -25,7 +25,7 @@ __all__ = ["Parameter", "Buffer", "Module", "Sequential", "StateDictError"]
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module learns: requires_grad is True, the optimizer updates `.data` in place."""
+    """A Tensor that a Module learns: requires_grad is True; optimizers update `.data` in place."""
 
     def __init__(self, data, requires_grad: bool = True):
         super().__init__(data, requires_grad=requires_grad)
