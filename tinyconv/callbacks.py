@@ -132,14 +132,17 @@ class Recorder(Callback):
     def before_epoch(self):
         self._start = time.perf_counter()
         self._train_sum, self._train_n = 0.0, 0
-        self.last_valid = None
+        self.before_validate()       # also here: a callback may cancel before ours runs
 
     def before_validate(self):
         self._valid_loss, self._valid_n = 0.0, 0
         self._valid_mets = [0.0] * len(self.learn.metrics)
+        self.last_valid = None
 
     def after_batch(self):
         learn = self.learn
+        if learn.loss_value is None:                     # cancelled before its loss: nothing to log
+            return
         n = len(learn.yb)
         if not learn.training:
             self._valid_loss += learn.loss_value * n
@@ -408,8 +411,8 @@ class ProgressCallback(Callback):
         self._last_draw = now
         done = self.learn.iter + 1
         eta = (now - self._t0) / done * (self._n - done)
-        loss = getattr(self.learn, "smooth_loss", math.nan) if self.learn.training \
-            else self.learn.loss_value
+        loss = self.learn.smooth_loss if self.learn.training else self.learn.loss_value
+        loss = math.nan if loss is None else loss
         text = (f"epoch {self.learn.epoch} {self._phase} {done}/{self._n} loss {loss:.4f} "
                 f"elapsed {_fmt_time(now - self._t0)} left {_fmt_time(eta)}")
         if live:

@@ -413,6 +413,7 @@ class Learner:
 
     def _one_batch(self, x, y):
         self.xb, self.yb = Tensor(x), Tensor(y)
+        self.pred = self.loss = self.loss_value = None     # a cancelled batch leaves no stale loss
         self._with_events(self._do_one_batch, "batch", CancelBatch)
         if self.training:
             self.train_iter += 1
