@@ -24,6 +24,10 @@ Function's class name (its key in ``Function.registry``) to a list of ``GradCase
    ignored, so a test may define a deliberately broken op; define it at module level (a second
    class of the same name is refused by the registry) and give it a name no other test uses.
 
+A contributing file must import without torch (the suite also runs without it): give its torch
+tests a ``pytest.mark.skipif`` marker instead of a module-level ``pytest.importorskip("torch")``,
+which would skip the import and is therefore reported as an error.
+
 This file holds the table for the core ops (elementwise, reduce, shape, matmul, loss).  A file
 that contributes cases need not run them itself; ``test_ops_grad.py`` runs every table.
 
