@@ -352,3 +352,18 @@ def test_bad_axes_raise_instead_of_wrapping_around():
         x.sum(axis=2)
     with pytest.raises(ValueError, match=r"transpose: axes \(0, 2\) out of range"):
         x.transpose(0, 2)
+
+
+@pytest.mark.parametrize("op, error, pattern", [
+    (lambda x: x ** x, TypeError, r"pow: the exponent must be a scalar, got Tensor"),
+    (lambda x: x.clip(), ValueError, r"clip: give min, max or both"),
+    (lambda x: F.mse_loss(x, x, reduction="avg"), ValueError, r"mse_loss: reduction must be"),
+    (lambda x: F.cross_entropy(x, [0, 1], label_smoothing=1.5), ValueError,
+     r"cross_entropy: label_smoothing must be in \[0, 1\], got 1.5"),
+    (lambda x: x.pad(-1), ValueError, r"pad: negative padding .* for shape \(2, 3\)"),
+    (lambda x: x[5], IndexError, r"getitem: index 5 is out of bounds .*shape \(2, 3\)"),
+    (lambda x: x.permute(0, 0), ValueError, r"transpose: axes \(0, 0\) are not a permutation"),
+])
+def test_bad_arguments_raise_errors_naming_the_op(op, error, pattern):
+    with pytest.raises(error, match=pattern):
+        op(Tensor(np.ones((2, 3)), requires_grad=True))
