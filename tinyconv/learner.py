@@ -124,12 +124,18 @@ def _batchnorms_of(item) -> list:
 
 # --- random state ---------------------------------------------------------------------------------
 
+# machinery whose insides hold no generator of ours (threads, queues, plots)
+_NOT_WALKED = {"threading", "queue", "_thread", "concurrent", "multiprocessing", "logging", "io",
+               "_io", "socket", "subprocess", "asyncio", "matplotlib", "numba", "numpy", "builtins"}
+
+
 def _generators(roots) -> list:
     """Every np.random.Generator reachable from `roots`, each once, in a fixed order.
 
     Walked: lists, tuples, dicts, functools.partial, closures of functions, and the attributes of
-    Modules, Callbacks and tinyconv objects (data loaders, transforms). This is how lr_find and
-    checkpoints find the generators behind shuffling, augmentation and dropout.
+    objects (modules, callbacks, data loaders, transforms; not threads, queues and the like).
+    This is how lr_find and checkpoints find the generators behind shuffling, augmentation and
+    dropout.
     """
     found, seen, stack = [], set(), list(reversed(roots))
     skip = (np.ndarray, Tensor, str, bytes, int, float, type, types.ModuleType, Learner)
@@ -151,8 +157,9 @@ def _generators(roots) -> list:
             children = [c.cell_contents for c in (obj.__closure__ or ())]
         elif isinstance(obj, types.MethodType):
             children = [obj.__self__]
-        elif isinstance(obj, (Module, Callback)) or type(obj).__module__.startswith("tinyconv"):
-            children = list(getattr(obj, "__dict__", {}).values())
+        elif hasattr(obj, "__dict__") and \
+                type(obj).__module__.partition(".")[0] not in _NOT_WALKED:
+            children = list(vars(obj).values())
         else:
             continue
         stack.extend(reversed([c for c in children if not isinstance(c, (int, float, str))]))
@@ -575,16 +582,13 @@ class Learner:
         return gather.result()
 
     def predict(self, x):
-        """Class probabilities of model inputs: x (C, H, W) -> (K,), or (N, C, H, W) -> (N, K).
-
-        x is what the loaders yield (float32, normalised). Returns (class indices, probs)."""
-        x = np.asarray(x, dtype=np.float32)
-        single = x.ndim == 3
+        """(class index, probabilities (K,)) of ONE model input x, e.g. (C, H, W) float32 as the
+        loaders yield it (normalised). For many inputs use get_preds."""
         self.model.eval()
         with no_grad():
-            probs = F.softmax(self.model(Tensor(x[None] if single else x)), dim=-1).data
-        idx = probs.argmax(axis=-1)
-        return (int(idx[0]), probs[0]) if single else (idx, probs)
+            probs = F.softmax(self.model(Tensor(np.asarray(x, dtype=np.float32)[None])),
+                              dim=-1).data[0]
+        return int(probs.argmax()), probs
 
     def tta(self, dl=None, n: int = 4, beta: float = 0.25, transform=None, use_max: bool = False):
         """Test-time augmentation (fastai v2): predictions on n passes over the validation images
