@@ -520,7 +520,7 @@ class Contrast(ValueTransform):
         self.max_lighting = float(max_lighting)
 
     def draw(self, rng, n, size):
-        lim = -np.log(1 - self.max_lighting)
+        lim = np.log(1 / (1 - self.max_lighting))     # not -log(1 - m): that is -0.0 at m = 0
         change = np.exp(rng.uniform(-lim, lim, n))
         do = self._do(rng, n)
         return {"do": do, "change": np.where(do, change, 1.0)}

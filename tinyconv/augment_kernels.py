@@ -217,7 +217,7 @@ def _bilinear_zeros_edge(s, o, q, x, y, H, W, C):
         o[q + ch] = np.uint8(int(v + 0.5))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")   # x / 0 -> inf (then clamped), no exception
 def _bilinear(src, m, mode, out):
     H, W, C = src.shape
     OH, OW, _ = out.shape
