@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from tinyconv import nn, sched
+from tinyconv import optim, sched
 from tinyconv.callbacks import TerminateOnNaN
 from tinyconv.learner import Learner
 from tinyconv.metrics import accuracy
@@ -66,7 +66,7 @@ def test_training_after_lr_find_is_bit_identical_to_training_without_it():
 
 
 def test_lr_find_restores_weights_optimizer_and_every_random_state():
-    learn = learner(opt_func=lambda g, lr: __import__("tinyconv").optim.SGD(g, lr, momentum=0.9))
+    learn = learner(opt_func=lambda g, lr: optim.SGD(g, lr, momentum=0.9))
     learn.fit(1, 0.05)                        # an optimizer with momentum buffers exists
     before_w, before_opt = weights(learn), copy.deepcopy(learn.opt.state_dict())
     gens = [learn.rng, learn.model.rng, learn.train_dl.rng]
@@ -77,7 +77,8 @@ def test_lr_find_restores_weights_optimizer_and_every_random_state():
     after_opt = learn.opt.state_dict()
     assert after_opt["param_groups"] == before_opt["param_groups"]
     for i, s in before_opt["state"].items():
-        np.testing.assert_array_equal(s["momentum_buffer"], after_opt["state"][i]["momentum_buffer"])
+        np.testing.assert_array_equal(s["momentum_buffer"],
+                                      after_opt["state"][i]["momentum_buffer"])
     assert [g.bit_generator.state for g in gens] == before_rng
     assert random.getstate() == py_state
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))

@@ -1,7 +1,7 @@
 """Every training figure, drawn with matplotlib and saved as PNG.
 
     plot_lr_find(lrs, losses, suggestions)      loss against lr, log x axis, suggestions marked
-    plot_loss(recorder)                         train loss per batch (raw, smoothed), valid per epoch
+    plot_loss(recorder)                         train loss per batch (raw, smoothed), valid loss
     plot_sched(recorder)                        lr and momentum of every parameter group, per batch
     plot_schedule(policy, ...)                  preview a policy ("one_cycle", "sgdr", ...) before
                                                 training: the exact schedules fit_* would run
