@@ -33,7 +33,7 @@ from functools import partial
 
 import numpy as np
 
-from . import optim, sched, serialize
+from . import augment, optim, sched, serialize
 from .autograd import no_grad
 from .callbacks import (EVENTS, Callback, CancelBatch, CancelEpoch, CancelFit, CancelTrain,
                         CancelValid, CycleSnapshots, GatherPreds, LRFinder, ParamScheduler,
@@ -595,7 +595,8 @@ class Learner:
         with the training augmentations, averaged (or maxed), blended with the plain pass:
             probs = (1 - beta) * mean(augmented probs) + beta * plain probs.
         transform: the augmentation (default: the training loader's `transform`), drawing from
-        `learn.rng`. beta=None returns ((augmented, plain), targets). -> (probs (N, K), targets)."""
+        `learn.rng`. use_max: the elementwise max of all passes instead. beta=None returns
+        ((mean of augmented, plain), targets). -> (probs (N, K), targets)."""
         dl = self._eval_dl(dl, "tta")
         transform = getattr(self.train_dl, "transform", None) if transform is None else transform
         if transform is None:
@@ -603,13 +604,12 @@ class Learner:
                              "transform=")
         aug_dl = _loader_like(dl, transform=transform, rng=self.rng)
         passes = [self.get_preds(aug_dl)[0] for _ in range(n)]
-        aug = np.max(passes, axis=0) if use_max else np.mean(passes, axis=0)
         plain, targets = self.get_preds(dl)
         if beta is None:
-            return (aug, plain), targets
+            return (np.mean(passes, axis=0), plain), targets
         if use_max:
-            return np.maximum(aug, plain), targets
-        return ((1 - beta) * aug + beta * plain).astype(plain.dtype), targets
+            return np.maximum(np.max(passes, axis=0), plain), targets
+        return augment.tta_combine(plain, passes, beta).astype(plain.dtype), targets
 
     # ---- files -------------------------------------------------------------------------------
     def save(self, path, with_opt: bool = True, epoch=None) -> str:
