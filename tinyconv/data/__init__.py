@@ -8,6 +8,8 @@
 from tinyconv.data.datasets import (CIFAR10, IMAGE_EXTENSIONS, MNIST, ArrayDataset, DatasetError,
                                     ImageFolder, RestrictedUnpickler, UnsafePickleError,
                                     default_cache_dir, read_idx, split)
+from tinyconv.data.loader import DataLoader, loaders
 
-__all__ = ["ArrayDataset", "MNIST", "CIFAR10", "ImageFolder", "split", "read_idx", "DatasetError",
-           "UnsafePickleError", "RestrictedUnpickler", "IMAGE_EXTENSIONS", "default_cache_dir"]
+__all__ = ["ArrayDataset", "MNIST", "CIFAR10", "ImageFolder", "split", "read_idx", "DataLoader",
+           "loaders", "DatasetError", "UnsafePickleError", "RestrictedUnpickler",
+           "IMAGE_EXTENSIONS", "default_cache_dir"]
