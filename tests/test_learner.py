@@ -47,6 +47,9 @@ class Loader:
     def __len__(self):
         return -(-len(self.x) // self.batch_size)
 
+    def with_transform(self, transform, rng=None):
+        return Loader(self.x, self.y, self.batch_size, False, transform, rng)
+
     def __iter__(self):
         order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
         for b in range(len(self)):
@@ -361,3 +364,74 @@ def test_show_training_loop_lists_callbacks_per_event(capsys):
     text = learn.show_training_loop()
     assert "- after_batch" in text and "Recorder, ProgressCallback" in text
     assert text in capsys.readouterr().out
+
+
+# --- with the real DataLoader (background thread, per-epoch seeds, augmentation) ---------------
+
+def quadrant_data(n, seed):
+    """8x8 grey images whose class (0-3) is the brightest quadrant, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, size=n)
+    images = rng.integers(0, 120, size=(n, 8, 8, 1))
+    for k, (r, c) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
+        images[y == k, r:r + 4, c:c + 4] += 100
+    return tc.data.ArrayDataset(images.astype(np.uint8), y, ["tl", "tr", "bl", "br"])
+
+
+class Flat(nn.Module):
+    def __init__(self, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.flat, self.l0, self.l1 = nn.Flatten(), nn.Linear(64, 16, rng=rng), \
+            nn.Linear(16, 4, rng=rng)
+
+    def forward(self, x):
+        return self.l1(self.l0(self.flat(x)).relu())
+
+    def groups(self):
+        return [self.l0, self.l1]
+
+
+def real_learner(seed=0, **kwargs):
+    from tinyconv import augment as A
+    train_dl, valid_dl = tc.data.loaders(quadrant_data(96, 1), quadrant_data(40, 2),
+                                         batch_size=16, transform=A.transforms_side_on(),
+                                         seed=seed)
+    kwargs.setdefault("silent", True)
+    return Learner(Flat(), train_dl, valid_dl, metrics=[accuracy], seed=seed, **kwargs)
+
+
+def test_real_loader_resume_from_checkpoint_is_bit_identical(tmp_path):
+    full = real_learner()
+    full.fit_one_cycle(3, 0.1)
+
+    class Crash(Callback):
+        order = 65
+
+        def after_epoch(self):
+            if self.learn.epoch == 0:
+                raise CancelFit
+
+    interrupted = real_learner()
+    interrupted.fit_one_cycle(3, 0.1, cbs=[Checkpoint(tmp_path / "c.npz"), Crash()])
+    resumed = real_learner().load(tmp_path / "c.npz")
+    resumed.fit_one_cycle(3, 0.1, start_epoch=resumed.checkpoint_epoch)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    assert full.recorder.values[-1] == resumed.recorder.values[-1]
+
+
+def test_real_loader_tta_is_the_fastai_blend_of_augmented_passes():
+    learn = real_learner()
+    learn.fit(2, 0.1)
+    replay = learn.valid_dl.with_transform(learn.train_dl.transform, rng=copy.deepcopy(learn.rng))
+    probs, targets = learn.tta(n=3, beta=0.25)
+    passes = []
+    for _ in range(3):
+        logits = np.concatenate([learn.model(tc.Tensor(x)).data for x, _ in replay])
+        passes.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    plain = learn.get_preds()[0]
+    assert not np.allclose(passes[0], plain, atol=1e-3)        # the augmentation did something
+    np.testing.assert_allclose(probs, 0.75 * np.mean(passes, axis=0) + 0.25 * plain,
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(targets, learn.valid_dl.labels)

@@ -12,7 +12,7 @@ from tinyconv.learner import Learner
 from tinyconv.metrics import accuracy
 from tinyconv.nn import functional as F
 
-from test_learner import MLP, Loader, data
+from test_learner import MLP, Loader, data, real_learner
 
 
 class NoisyMLP(MLP):
@@ -63,6 +63,15 @@ def test_training_after_lr_find_is_bit_identical_to_training_without_it():
     swept.fit_one_cycle(2, 0.05)
     assert_same(weights(plain), weights(swept))
     np.testing.assert_array_equal(plain.recorder.values, swept.recorder.values)
+
+
+def test_no_trace_with_the_real_loader_its_thread_and_augmentation():
+    plain = real_learner(seed=3)
+    plain.fit_one_cycle(2, 0.1)
+    swept = real_learner(seed=3)
+    swept.lr_find(num_it=9)                   # stops mid-epoch, with the worker thread running
+    swept.fit_one_cycle(2, 0.1)
+    assert_same(weights(plain), weights(swept))
 
 
 def test_lr_find_restores_weights_optimizer_and_every_random_state():

@@ -602,7 +602,11 @@ class Learner:
         if transform is None:
             raise ValueError("tta: no augmentation: the training loader has no transform; pass "
                              "transform=")
-        aug_dl = _loader_like(dl, transform=transform, rng=self.rng)
+        with_transform = getattr(dl, "with_transform", None)
+        if with_transform is None:
+            raise TypeError(f"tta: the loader ({type(dl).__name__}) has no with_transform("
+                            f"transform, rng) to make an augmented copy; use a tc.data.DataLoader")
+        aug_dl = with_transform(transform, rng=self.rng)
         passes = [self.get_preds(aug_dl)[0] for _ in range(n)]
         plain, targets = self.get_preds(dl)
         if beta is None:
@@ -687,15 +691,3 @@ def _atomic_savez(path: str, arrays: dict) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def _loader_like(dl, **changes):
-    """A shallow copy of a data loader with some attributes changed (e.g. its transform), in
-    order and complete: shuffle and drop_last off."""
-    new = copy.copy(dl)
-    for name, value in {**changes, "shuffle": False, "drop_last": False}.items():
-        if not hasattr(dl, name):
-            raise AttributeError(f"{type(dl).__name__} has no attribute {name!r} to set for a "
-                                 f"test-time augmentation loader")
-        setattr(new, name, value)
-    return new
