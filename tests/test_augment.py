@@ -344,3 +344,15 @@ def test_tta_combine_is_fastai_lerp():
     np.testing.assert_allclose(A.tta_combine(plain, aug, beta=0.25), [[0.425, 0.575]])
     with pytest.raises(ValueError, match="tta_combine"):
         A.tta_combine(plain, aug[:, 0])
+
+
+def test_plot_augmentations_writes_a_png_of_the_variations(tmp_path):
+    from tinyconv.plot_data import plot_augmentations
+    path = tmp_path / "aug.png"
+    fig = plot_augmentations(images(n=1, h=16, w=16)[0], A.aug_transforms(), n=5, rng=gen(),
+                             path=path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len([ax for ax in fig.axes if ax.images]) == 6          # the original + 5
+    assert fig.axes[0].get_title() == "original"
+    with pytest.raises(ValueError, match="plot_augmentations"):
+        plot_augmentations(images(n=2), A.aug_transforms())

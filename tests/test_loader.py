@@ -194,3 +194,20 @@ def test_bad_arguments_are_named():
         DataLoader(random_dataset(), rng=3)
     with pytest.raises(ValueError, match="batch_size"):
         DataLoader(random_dataset(), batch_size=0)
+
+
+def test_show_batch_from_loader_dataset_and_arrays(tmp_path):
+    from tinyconv.plot_data import show_batch
+    ds = labelled_dataset(n=20)
+    dl = DataLoader(ds, batch_size=6, shuffle=True, rng=np.random.default_rng(0))
+    fig = show_batch(dl, path=tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    _, y = dl.one_batch()
+    assert [ax.get_title() for ax in fig.axes if ax.images] == [ds.classes[k] for k in y]
+    shown = fig.axes[0].images[0].get_array()
+    assert (np.asarray(shown) == 5 * y[0] + np.arange(3)).all()     # un-normalised pixels
+    assert len([ax for ax in show_batch(ds, n=4).axes if ax.images]) == 4
+    x, y = next(iter(dl))
+    with pytest.raises(ValueError, match="mean and std"):
+        show_batch((x, y))
+    show_batch((x, y), mean=dl.mean, std=dl.std, classes=ds.classes)
