@@ -1,6 +1,7 @@
 """The Learner: schedules really drive each batch, discriminative LRs, freezing, evaluation, TTA,
 save/load and checkpoint resume, and (slow) a small CNN past 97% on a slice of MNIST."""
 import copy
+from functools import partial
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import tinyconv as tc
 from tinyconv import nn, sched
 from tinyconv.callbacks import Callback, CancelFit, Checkpoint
 from tinyconv.learner import Learner, policy_scheds
-from tinyconv.metrics import accuracy
+from tinyconv.metrics import accuracy, error_rate, metric_name, top_k_accuracy
 from tinyconv.nn import functional as F
 
 
@@ -435,3 +436,47 @@ def test_real_loader_tta_is_the_fastai_blend_of_augmented_passes():
     np.testing.assert_allclose(probs, 0.75 * np.mean(passes, axis=0) + 0.25 * plain,
                                rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(targets, learn.valid_dl.labels)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+def test_accuracy_error_rate_and_top_k():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    targets = np.array([1, 1, 0, 0])
+    assert accuracy(scores, targets) == 0.5
+    assert error_rate(tc.Tensor(scores), tc.Tensor(targets)) == 0.5
+    assert top_k_accuracy(scores, targets, k=2) == 0.75      # row 2: class 0 is third
+    assert top_k_accuracy(scores, targets, k=3) == 1.0
+    assert top_k_accuracy(scores, targets, k=1) == accuracy(scores, targets)
+
+
+def test_top_k_counts_a_tie_at_the_kth_place_as_in():
+    scores = np.array([[0.4, 0.3, 0.3]])
+    assert top_k_accuracy(scores, np.array([2]), k=2) == 1.0
+    assert top_k_accuracy(scores, np.array([1]), k=2) == 1.0
+
+
+def test_metric_errors_and_names():
+    with pytest.raises(ValueError, match=r"predictions \(4, 3\) need targets of shape \(4,\)"):
+        accuracy(np.zeros((4, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="k must be in"):
+        top_k_accuracy(np.zeros((4, 3)), np.zeros(4, int), k=4)
+    assert metric_name(accuracy) == "accuracy"
+    assert metric_name(partial(top_k_accuracy, k=3)) == "top_3_accuracy"
+
+
+# --- the whole recipe ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_small_cnn_on_an_mnist_slice_goes_past_97_percent():
+    train = tc.data.MNIST(train=True).subset(np.arange(6000))
+    valid = tc.data.MNIST(train=False).subset(np.arange(2000))
+    train_dl, valid_dl = tc.data.loaders(train, valid, batch_size=64, seed=0)
+    model = tc.models.mnist_cnn(rng=np.random.default_rng(0))
+    learn = Learner(model, train_dl, valid_dl, metrics=[accuracy], seed=0, silent=True,
+                    opt_func=partial(tc.optim.SGD, nesterov=False, weight_decay=5e-4))
+    suggestions = learn.lr_find(num_it=60)
+    assert 1e-4 < suggestions.valley < 10
+    learn.fit_one_cycle(2, 0.1)
+    valid_loss, acc = learn.validate()
+    assert acc > 0.97, f"accuracy {acc:.4f} after 2 epochs of one-cycle on 6,000 images"
