@@ -272,19 +272,25 @@ def test_progress_silent_prints_nothing(capsys):
 
 # --- files and early stopping --------------------------------------------------------------------
 
+class HeadWeights(Callback):
+    """Keeps a copy of the head's weight at the end of every epoch (before any file callback)."""
+
+    order = 55
+
+    def __init__(self):
+        self.weights = []
+
+    def after_epoch(self):
+        self.weights.append(self.learn.model.head.weight.data.copy())
+
+
 def test_save_best_keeps_the_best_epoch_and_reloads_it(tmp_path):
     learn = make_learner(n_train=4)
-    weights = []
-
-    class Keep(Callback):
-        order = 55
-
-        def after_epoch(self):
-            weights.append(self.learn.model.head.weight.data.copy())
-
+    keep = HeadWeights()
     path = tmp_path / "best.npz"
     sb = SaveBest(path, monitor="accuracy")
-    learn.fit(4, 0.5, cbs=[Keep(), sb])
+    learn.fit(4, 0.5, cbs=[keep, sb])
+    weights = keep.weights
     accs = [v[2] for v in learn.recorder.values]
     best = int(np.argmax(accs))                           # first best: later ties do not save
     assert sb.best_epoch == best and sb.best == accs[best]
@@ -309,15 +315,9 @@ def test_monitoring_an_unknown_column_is_a_clear_error():
 
 def test_sgdr_snapshots_at_the_end_of_each_cycle(tmp_path):
     learn = make_learner(n_train=2)
-    saved = []
-
-    class Keep(Callback):
-        order = 55
-
-        def after_epoch(self):
-            saved.append(self.learn.model.head.weight.data.copy())
-
-    learn.fit_sgdr(3, 1, 0.1, cycle_mult=2, snapshot_prefix=tmp_path / "snap", cbs=[Keep()])
+    keep = HeadWeights()
+    learn.fit_sgdr(3, 1, 0.1, cycle_mult=2, snapshot_prefix=tmp_path / "snap", cbs=[keep])
+    saved = keep.weights
     assert len(learn.recorder.values) == 7
     for k, epoch in enumerate([1, 3, 7], start=1):
         model = tc.load(tmp_path / f"snap_cycle{k}.npz", model=TwoLayer(None))
