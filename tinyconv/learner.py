@@ -496,10 +496,15 @@ class Learner:
                          div_final=div_final, pct_start=pct_start)
 
     # ---- LR finder -----------------------------------------------------------------------------
+    def _generators(self) -> list:
+        """The random generators a run draws from: the learner's, the model's (dropout), the
+        loaders' (shuffling, augmentation) and the callbacks'."""
+        return _generators([self.rng, self.model, self.train_dl, self.valid_dl, self.loss_func,
+                            self.cbs])
+
     def _snapshot(self) -> dict:
         """Everything a trial run changes: weights, optimizer, random generators."""
-        gens = _generators([self.rng, self.model, self.train_dl, self.valid_dl, self.loss_func,
-                            self.cbs])
+        gens = self._generators()
         return {"model": self.model.state_dict(),
                 "opt": None if self.opt is None else copy.deepcopy(self.opt.state_dict()),
                 "gens": [(g, copy.deepcopy(g.bit_generator.state)) for g in gens],
@@ -634,8 +639,7 @@ class Learner:
                         arrays[f"__opt__/{i}/{k}"] = v
                         v = {"__array__": f"__opt__/{i}/{k}"}
                     learner["opt_state"][str(i)][k] = v
-            gens = _generators([self.rng, self.model, self.train_dl, self.valid_dl,
-                                self.loss_func, self.cbs])
+            gens = self._generators()
             learner["rng"] = [_jsonable_state(g.bit_generator.state) for g in gens]
         header = {"format": serialize.FORMAT, "format_version": serialize.FORMAT_VERSION,
                   "arch": getattr(self.model, "arch_name", None),
@@ -662,8 +666,7 @@ class Learner:
             if self.opt is None:
                 self.create_opt()
             self.opt.load_state_dict({"state": opt_state, "param_groups": learner["opt_groups"]})
-            gens = _generators([self.rng, self.model, self.train_dl, self.valid_dl,
-                                self.loss_func, self.cbs])
+            gens = self._generators()
             if len(gens) != len(learner.get("rng", [])):
                 raise ValueError(f"{path}: the checkpoint holds {len(learner.get('rng', []))} "
                                  f"random generators, this Learner has {len(gens)}; build it "
