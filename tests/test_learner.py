@@ -164,7 +164,7 @@ def test_layer_groups_must_cover_every_parameter_once():
     model = MLP()
     with pytest.raises(ValueError, match=r"not in any group: \['l2.weight', 'l2.bias'\]"):
         Learner(model, [], splitter=lambda m: [m.l0, m.l1])
-    with pytest.raises(ValueError, match="in several"):
+    with pytest.raises(ValueError, match=r"in several groups: \['l0.weight', 'l0.bias'\]"):
         Learner(model, [], splitter=lambda m: [m.l0, [m.l1, m.l0], m.l2])
     assert Learner(model, [], splitter=lambda m: [m]).n_groups == 1
 
@@ -415,6 +415,9 @@ def test_real_loader_resume_from_checkpoint_is_bit_identical(tmp_path):
 
     interrupted = real_learner()
     interrupted.fit_one_cycle(3, 0.1, cbs=[Checkpoint(tmp_path / "c.npz"), Crash()])
+    meta = tc.load(tmp_path / "c.npz", model=Flat()).meta
+    assert meta["classes"] == ["tl", "tr", "bl", "br"]
+    assert meta["mean"] == list(interrupted.train_dl.mean)
     resumed = real_learner().load(tmp_path / "c.npz")
     resumed.fit_one_cycle(3, 0.1, start_epoch=resumed.checkpoint_epoch)
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):

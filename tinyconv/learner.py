@@ -299,10 +299,13 @@ class Learner:
         names = dict((id(p), n) for n, p in self.model.named_parameters())
         missing = [n for pid, n in names.items() if pid not in counts]
         twice = [names.get(pid, "?") for pid, c in counts.items() if c > 1]
-        if missing or twice or len(counts) != len(names):
-            raise ValueError(f"Learner: the layer groups must hold every model parameter exactly "
-                             f"once; not in any group: {missing}; in several: {twice}; "
-                             f"{len(set(counts) - set(names))} not in the model")
+        foreign = len(set(counts) - set(names))
+        if missing or twice or foreign:
+            problems = [f"not in any group: {missing}" if missing else "",
+                        f"in several groups: {twice}" if twice else "",
+                        f"{foreign} parameters that are not the model's" if foreign else ""]
+            raise ValueError("Learner: the layer groups must hold every model parameter exactly "
+                             "once; " + "; ".join(p for p in problems if p))
 
     @property
     def n_groups(self) -> int:
@@ -621,9 +624,12 @@ class Learner:
         return augment.tta_combine(plain, passes, beta).astype(plain.dtype), targets
 
     # ---- files -------------------------------------------------------------------------------
-    def save(self, path, with_opt: bool = True, epoch=None) -> str:
+    def save(self, path, with_opt: bool = True, epoch=None, **meta) -> str:
         """Write the model (a tc.load-able model file) and, with_opt, the optimizer state, the
-        random generators' state and `epoch` (training position) to resume from, atomically."""
+        random generators' state and `epoch` (training position) to resume from, atomically.
+
+        The file's metadata holds the training loader's `classes`, `mean` and `std` when it has
+        them (what prediction on new images needs), and any `meta` given."""
         path = os.fspath(path)
         state = self.model.state_dict()
         arrays = dict(state)
@@ -645,10 +651,16 @@ class Learner:
                   "arch": getattr(self.model, "arch_name", None),
                   "arch_args": getattr(self.model, "arch_args", None),
                   "model_class": type(self.model).__name__, "keys": list(state),
-                  "meta": dict(getattr(self.model, "meta", {})), "learner": learner}
+                  "meta": {**getattr(self.model, "meta", {}), **self._data_meta(), **meta},
+                  "learner": learner}
         arrays[serialize.HEADER_KEY] = np.array(json.dumps(header, default=_jsonable))
         _atomic_savez(path, arrays)
         return path
+
+    def _data_meta(self) -> dict:
+        """Class names and normalisation statistics of the training data, where known."""
+        return {k: getattr(self.train_dl, k) for k in ("classes", "mean", "std")
+                if getattr(self.train_dl, k, None) is not None}
 
     def load(self, path, with_opt: bool = True, strict: bool = True) -> "Learner":
         """Load a file written by `save` (or tc.save). with_opt: also restore the optimizer, the
