@@ -1,0 +1,782 @@
+"""The kernels again, fast: Numba loops for the data movement, BLAS for the products.
+
+Same public names and signatures as reference.py (read that first: it is the specification).
+What is different here, and why:
+
+- Tiles, not whole batches. im2col of a 64-channel 32x32 batch of 128 is 300 MB; writing it out
+  and reading it back costs more than the product itself on a laptop. So the batch is cut into
+  tiles (one image's rows, or a few small images) whose columns fit in the core's cache; each tile
+  is unfolded (im2col), multiplied, and its result written straight into the NCHW output.
+- Threads over tiles. `parallel_for` (tinyconv/_threads.py) runs the tiles on one thread per core,
+  each calling single-threaded BLAS; the Numba loops are `nogil`, so the threads run in parallel.
+- No copies around the GEMMs: a tile's result is a view into the output; a transposed weight is a
+  transposed view (BLAS reads it as is).
+- A direct loop (no im2col) when a group has few input values per output (C/groups * KH * KW
+  small: the first layer of a net, depthwise convolutions), where a GEMM would be mostly overhead.
+- Batch norm: statistics and normalisation fused per channel (a channel of a batch fits in cache,
+  so x is read from memory once), and a fused backward.
+
+Kernels are compiled on first use and cached on disk (cache=True).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .._threads import num_threads, parallel_for, worker_buffer
+from .reference import conv_output_size
+
+__all__ = ["conv_output_size", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
+           "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
+           "avg_pool2d_backward", "batch_norm_train", "batch_norm_eval", "batch_norm_backward"]
+
+_jit = njit(cache=True, nogil=True)
+# Small helpers are inlined into their callers at Numba level: a call per row segment (a few
+# dozen elements) would otherwise cost as much as the copy.
+_inline = njit(cache=True, nogil=True, inline="always")
+# Sums may be reordered (vectorised); no assumption about NaN or infinity.
+_jit_sum = njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+
+COLS_BYTES_FORWARD = 2 << 20     # a forward tile's im2col columns (measured: 2-4 MB are best)
+COLS_BYTES_BACKWARD = 4 << 20    # backward: larger, the dW product sums over the tile
+DIRECT_MAX_TAPS = 32             # C/groups*KH*KW at or below this: direct loops, no im2col
+
+
+# ---- vector helpers -------------------------------------------------------------------------------
+# Numba guards every index against Python's negative indexing (a[-1]) unless it can prove the index
+# is not negative, and that guard stops the loop from being vectorised (8x slower, measured). A loop
+# over a fresh slice indexed from 0 needs no guard: the kernels below are written with these.
+
+@_inline
+def _copy(dst, src):
+    """dst[:] = src."""
+    for j in range(dst.size):
+        dst[j] = src[j]
+
+
+@_inline
+def _zero(dst):
+    """dst[:] = 0."""
+    for j in range(dst.size):
+        dst[j] = 0
+
+
+@_inline
+def _add(dst, src):
+    """dst += src."""
+    for j in range(dst.size):
+        dst[j] += src[j]
+
+
+@_inline
+def _axpy(dst, a, src):
+    """dst += a * src."""
+    for j in range(dst.size):
+        dst[j] += a * src[j]
+
+
+@_jit_sum
+def _dot(a, b):
+    """sum(a * b), accumulated in float64."""
+    s = 0.0
+    for j in range(a.size):
+        s += a[j] * b[j]
+    return s
+
+
+# ---- im2col / col2im on a tile --------------------------------------------------------------------
+
+@_inline
+def _valid_range(offset, stride, size, out_len):
+    """Output positions o in [lo, hi) whose input position o*stride + offset is in [0, size)."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi = 0 if size - 1 - offset < 0 else (size - 1 - offset) // stride + 1
+    hi = min(hi, out_len)
+    return min(lo, hi), hi
+
+
+@_jit
+def _im2col_tile(x, cols, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw):
+    """cols (C*KH*KW, (n1-n0)*(oh1-oh0)*OW) <- receptive fields of images n0..n1, rows oh0..oh1.
+
+    Column (i*(oh1-oh0) + r)*OW + ow holds the window of output pixel (n0+i, oh0+r, ow).
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+    R = oh1 - oh0
+    flat = sh == 1 and sw == 1 and OW == W
+    for c in range(C):
+        for kh in range(KH):
+            r_lo, r_hi = _valid_range(oh0 * sh + kh * dh - ph, sh, H, R)
+            ih0 = oh0 * sh + kh * dh - ph             # input row read by output row r: ih0 + r*sh
+            for kw in range(KW):
+                off = kw * dw - pw                    # input column read by column o: o*sw + off
+                lo, hi = _valid_range(off, sw, W, OW)
+                row = (c * KH + kh) * KW + kw
+                for i in range(n1 - n0):
+                    src = x[n0 + i, c].reshape(H * W)
+                    dst = cols[row, i * R * OW:(i + 1) * R * OW]
+                    _zero(dst[:r_lo * OW])            # output rows whose tap is on the padding
+                    _zero(dst[r_hi * OW:])
+                    if flat:
+                        _unfold_block(src, dst[r_lo * OW:r_hi * OW], (ih0 + r_lo) * W + off,
+                                      OW, lo, hi)
+                    else:
+                        for r in range(r_lo, r_hi):
+                            _unfold_row(src, dst[r * OW:(r + 1) * OW],
+                                        (ih0 + r * sh) * W + off, sw, lo, hi)
+
+
+@_inline
+def _unfold_row(src, dst, start, sw, lo, hi):
+    """dst[o] = src[start + o*sw] for o in [lo, hi), zero outside (the padding)."""
+    _zero(dst[:lo])
+    _zero(dst[hi:])
+    d = dst[lo:hi]
+    if sw == 1:                                          # contiguous: vectorised copy
+        _copy(d, src[start + lo:start + hi])
+        return
+    s = src[start + lo * sw:start + hi * sw]
+    for o in range(d.size):
+        d[o] = s[o * sw]
+
+
+@_inline
+def _unfold_block(src, dst, shift, OW, lo, hi):
+    """dst[j] = src[j + shift] for a block of whole rows (stride 1, OW == W): one contiguous copy,
+    then the columns outside [lo, hi) - taps on the left/right padding - are zeroed."""
+    j_lo = max(0, -shift)
+    j_hi = max(j_lo, min(dst.size, src.size - shift))     # never a negative end
+    _zero(dst[:j_lo])
+    _copy(dst[j_lo:j_hi], src[j_lo + shift:j_hi + shift])
+    _zero(dst[j_hi:])
+    if lo > 0 or hi < OW:
+        for r in range(dst.size // OW):
+            _zero(dst[r * OW:r * OW + lo])
+            _zero(dst[r * OW + hi:(r + 1) * OW])
+
+
+@_jit
+def _col2im_tile(cols, dx, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw):
+    """dx[n0:n1] += the columns of a tile added back where _im2col_tile took them from.
+
+    cols is scratch: in the "same"/stride-1 case its padding columns are zeroed here, so that
+    whole blocks can be added contiguously (a padding column lines up with a neighbour pixel).
+    """
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+    R = oh1 - oh0
+    flat = sh == 1 and sw == 1 and OW == W
+    for c in range(C):
+        for kh in range(KH):
+            r_lo, r_hi = _valid_range(oh0 * sh + kh * dh - ph, sh, H, R)
+            ih0 = oh0 * sh + kh * dh - ph
+            for kw in range(KW):
+                off = kw * dw - pw
+                lo, hi = _valid_range(off, sw, W, OW)
+                row = (c * KH + kh) * KW + kw
+                for i in range(n1 - n0):
+                    src = cols[row, i * R * OW:(i + 1) * R * OW]
+                    dst = dx[n0 + i, c].reshape(H * W)
+                    if flat:
+                        _fold_block(src[r_lo * OW:r_hi * OW], dst, (ih0 + r_lo) * W + off,
+                                    OW, lo, hi)
+                    else:
+                        for r in range(r_lo, r_hi):
+                            _fold_row(src[r * OW:(r + 1) * OW], dst, (ih0 + r * sh) * W + off,
+                                      sw, lo, hi)
+
+
+@_inline
+def _fold_row(src, dst, start, sw, lo, hi):
+    """dst[start + o*sw] += src[o] for o in [lo, hi): the adjoint of _unfold_row."""
+    s = src[lo:hi]
+    if sw == 1:
+        _add(dst[start + lo:start + hi], s)
+        return
+    d = dst[start + lo * sw:start + hi * sw]
+    for o in range(s.size):
+        d[o * sw] += s[o]
+
+
+@_inline
+def _fold_block(src, dst, shift, OW, lo, hi):
+    """dst[j + shift] += src[j]: the adjoint of _unfold_block (zeroes src's padding columns)."""
+    if lo > 0 or hi < OW:
+        for r in range(src.size // OW):
+            _zero(src[r * OW:r * OW + lo])
+            _zero(src[r * OW + hi:(r + 1) * OW])
+    j_lo = max(0, -shift)
+    j_hi = max(j_lo, min(src.size, dst.size - shift))
+    _add(dst[j_lo + shift:j_hi + shift], src[j_lo:j_hi])
+
+
+@_jit
+def _images_to_rows(y, out, n0, n1):
+    """out (C, (n1-n0)*P) <- y[n0:n1] (g, C, P): a few images side by side as one matrix."""
+    C, P = y.shape[1], y.shape[2]
+    for i in range(n1 - n0):
+        for c in range(C):
+            _copy(out[c, i * P:(i + 1) * P], y[n0 + i, c])
+
+
+@_jit
+def _rows_to_images(out, y, n0, n1):
+    """y[n0:n1] (g, C, P) <- out (C, (n1-n0)*P): the inverse of _images_to_rows."""
+    C, P = y.shape[1], y.shape[2]
+    for i in range(n1 - n0):
+        for c in range(C):
+            _copy(y[n0 + i, c], out[c, i * P:(i + 1) * P])
+
+
+def _tiles(N, OH, OW, rows_of_cols, itemsize, budget):
+    """Cut N images of OH*OW output pixels into tiles whose im2col fits in `budget` bytes.
+
+    Returns [(n0, n1, [(oh0, oh1), ...])]: image ranges (the unit a thread owns, so col2im never
+    races), each with the output-row ranges it is processed in. Either a range is one image cut
+    into row blocks, or several whole images.
+    """
+    width = max(OW, budget // (rows_of_cols * itemsize))        # columns per tile
+    if OH * OW <= width:
+        per = max(1, min(width // (OH * OW), math.ceil(N / (2 * num_threads()))))
+        return [(n, min(n + per, N), [(0, OH)]) for n in range(0, N, per)]
+    rows = max(1, width // OW)
+    blocks = [(r, min(r + rows, OH)) for r in range(0, OH, rows)]
+    return [(n, n + 1, blocks) for n in range(N)]
+
+
+def _conv_shapes(x, weight, stride, padding, dilation):
+    N, C, H, W = x.shape
+    C_out, C_g, KH, KW = weight.shape
+    OH = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    OW = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    return N, C_out, C_g, KH, KW, OH, OW
+
+
+# ---- public: im2col / col2im (whole batch, for inspection and parity) ---------------------------
+
+def im2col(x, kernel_size, stride, padding, dilation):
+    """x (N, C, H, W) -> cols (N, C*KH*KW, OH*OW); row index (c*KH + kh)*KW + kw."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    (KH, KW), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    OH, OW = conv_output_size(H, KH, sh, ph, dh), conv_output_size(W, KW, sw, pw, dw)
+    cols = np.empty((N, C * KH * KW, OH * OW), dtype=x.dtype)
+
+    def task(n, worker):
+        _im2col_tile(x, cols[n], n, n + 1, 0, OH, KH, KW, sh, sw, ph, pw, dh, dw)
+    parallel_for(task, N)
+    return cols
+
+
+def col2im(cols, x_shape, kernel_size, stride, padding, dilation):
+    """The adjoint of im2col: cols (N, C*KH*KW, OH*OW) -> (N, C, H, W), overlaps summed."""
+    cols = np.array(cols, order="C", copy=True)        # _col2im_tile zeroes padding entries
+    (KH, KW), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    OH = conv_output_size(x_shape[2], KH, sh, ph, dh)
+    dx = np.zeros(x_shape, dtype=cols.dtype)
+
+    def task(n, worker):
+        _col2im_tile(cols[n], dx, n, n + 1, 0, OH, KH, KW, sh, sw, ph, pw, dh, dw)
+    parallel_for(task, x_shape[0])
+    return dx
+
+
+# ---- convolution ----------------------------------------------------------------------------------
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
+    """x (N, C, H, W), weight (C_out, C/groups, KH, KW), bias (C_out,) or None -> (N, C_out, OH, OW)."""
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    N, C_out, C_g, KH, KW, OH, OW = _conv_shapes(x, weight, stride, padding, dilation)
+    if C_g * KH * KW <= DIRECT_MAX_TAPS:
+        return _direct_forward(x, weight, bias, stride, padding, dilation, groups)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    G, K, C_og = groups, C_g * KH * KW, C_out // groups
+    w = weight.reshape(G, C_og, K)
+    y = np.empty((N, C_out, OH, OW), dtype=x.dtype)
+    tiles = [(n0, n1, r0, r1) for n0, n1, blocks in
+             _tiles(N, OH, OW, G * K, x.itemsize, COLS_BYTES_FORWARD) for r0, r1 in blocks]
+
+    def task(t, worker):
+        n0, n1, oh0, oh1 = tiles[t]
+        T = (n1 - n0) * (oh1 - oh0) * OW
+        cols = worker_buffer(worker, "cols", (G * K, T), x.dtype)
+        _im2col_tile(x, cols, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw)
+        if n1 - n0 == 1:       # the product lands directly in y (a strided view, fine for BLAS)
+            out = y[n0].reshape(C_out, OH * OW)[:, oh0 * OW:oh1 * OW]
+        else:                  # several images: (C_out, g*P) here, then one copy into NCHW
+            out = worker_buffer(worker, "out", (C_out, T), x.dtype)
+        for g in range(G):
+            np.matmul(w[g], cols[g * K:(g + 1) * K], out=out[g * C_og:(g + 1) * C_og])
+        if bias is not None:
+            out += bias[:, None]
+        if n1 - n0 > 1:
+            _rows_to_images(out, y.reshape(N, C_out, OH * OW), n0, n1)
+    parallel_for(task, len(tiles))
+    return y
+
+
+def conv2d_backward(dy, x, weight, stride, padding, dilation, groups, need_dx=True, need_dw=True):
+    """Gradients of conv2d_forward (without bias): dy (N, C_out, OH, OW) -> (dx, dweight).
+
+    Per tile: dW += dy_tile @ cols_tile^T (im2col recomputed: cheaper than keeping 300 MB of
+    columns), dcols = W^T @ dy_tile, then col2im into dx. A gradient not needed is None.
+    """
+    x, weight, dy = (np.ascontiguousarray(a) for a in (x, weight, dy))
+    N, C_out, C_g, KH, KW, OH, OW = _conv_shapes(x, weight, stride, padding, dilation)
+    if C_g * KH * KW <= DIRECT_MAX_TAPS:
+        return _direct_backward(dy, x, weight, stride, padding, dilation, groups, need_dx,
+                                need_dw)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    G, K, C_og, P = groups, C_g * KH * KW, C_out // groups, OH * OW
+    w = weight.reshape(G, C_og, K)
+    dy_rows = dy.reshape(N, C_out, P)
+    dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
+    dw_parts = {}                                        # worker -> its partial sum of dW
+    tiles = _tiles(N, OH, OW, G * K, x.itemsize, COLS_BYTES_BACKWARD)
+
+    def task(t, worker):
+        n0, n1, blocks = tiles[t]
+        for oh0, oh1 in blocks:
+            T = (n1 - n0) * (oh1 - oh0) * OW
+            if n1 - n0 == 1:
+                dyt = dy_rows[n0, :, oh0 * OW:oh1 * OW]
+            else:
+                dyt = worker_buffer(worker, "dyt", (C_out, T), x.dtype)
+                _images_to_rows(dy_rows, dyt, n0, n1)
+            if need_dw:
+                cols = worker_buffer(worker, "cols", (G * K, T), x.dtype)
+                _im2col_tile(x, cols, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw)
+                first = worker not in dw_parts
+                if first:
+                    dw_parts[worker] = np.empty((G, C_og, K), dtype=x.dtype)
+                acc = dw_parts[worker]
+                part = acc if first else worker_buffer(worker, "dw", (G, C_og, K), x.dtype)
+                for g in range(G):
+                    np.matmul(dyt[g * C_og:(g + 1) * C_og], cols[g * K:(g + 1) * K].T,
+                              out=part[g])
+                if not first:
+                    acc += part
+            if need_dx:
+                dcols = worker_buffer(worker, "dcols", (G * K, T), x.dtype)
+                for g in range(G):
+                    np.matmul(w[g].T, dyt[g * C_og:(g + 1) * C_og], out=dcols[g * K:(g + 1) * K])
+                _col2im_tile(dcols, dx, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw)
+    parallel_for(task, len(tiles))
+    dweight = None
+    if need_dw:
+        dweight = sum(dw_parts.values()).reshape(weight.shape)
+    return dx, dweight
+
+
+# ---- direct convolution (few input values per output) ------------------------------------------
+
+@_jit
+def _pad_image(x, n, xpad, ph, pw):
+    """xpad (C, H+2ph, W+2pw) <- x[n] with a zero border."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    _zero(xpad.reshape(xpad.size))
+    for c in range(C):
+        for h in range(H):
+            _copy(xpad[c, h + ph, pw:pw + W], x[n, c, h])
+
+
+@_jit_sum
+def _direct_forward_images(x, w, bias, y, n0, n1, sh, sw, ph, pw, dh, dw, G, xpad, acc):
+    """y[n0:n1] = conv(x, w) + bias by direct loops over the taps (bias has C_out entries).
+
+    acc holds one output plane in "wide" rows of the padded width Wp: with stride 1, output
+    (oh, ow) and its input tap share one flat offset, so a whole plane is one long vectorisable
+    loop (the columns ow >= OW of each wide row are junk and dropped at the end).
+    """
+    C_out, C_g, KH, KW = w.shape
+    OH, OW = y.shape[2], y.shape[3]
+    Hp, Wp = xpad.shape[1], xpad.shape[2]
+    C_og = C_out // G
+    L = (OH - 1) * Wp + OW
+    for n in range(n0, n1):
+        _pad_image(x, n, xpad, ph, pw)
+        for co in range(C_out):
+            g = co // C_og
+            acc[:] = bias[co]
+            for ci in range(C_g):
+                src = xpad[g * C_g + ci].reshape(Hp * Wp)
+                for kh in range(KH):
+                    for kw in range(KW):
+                        wv = w[co, ci, kh, kw]
+                        if sh == 1 and sw == 1:
+                            base = kh * dh * Wp + kw * dw
+                            _axpy(acc[:L], wv, src[base:base + L])
+                            continue
+                        for oh in range(OH):
+                            s0 = (oh * sh + kh * dh) * Wp + kw * dw
+                            _axpy(acc[oh * Wp:oh * Wp + OW], wv, src[s0:s0 + OW * sw:sw])
+            for oh in range(OH):
+                _copy(y[n, co, oh], acc[oh * Wp:oh * Wp + OW])
+
+
+@_jit_sum
+def _direct_backward_images(dy, x, w, dx, dwp, n0, n1, sh, sw, ph, pw, dh, dw, G, xpad, dxpad,
+                            dyw, need_dx, need_dw):
+    """dx[n0:n1] = the input gradient, and dwp += the weight gradient, of images n0..n1.
+
+    dw[co, ci, kh, kw] = sum over pixels of dy * (the input under that tap); dx is the same sum
+    scattered back: both reuse the forward's wide-row trick (dyw: dy in wide rows, zero junk).
+    """
+    C_out, C_g, KH, KW = w.shape
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    OH, OW = dy.shape[2], dy.shape[3]
+    Hp, Wp = xpad.shape[1], xpad.shape[2]
+    C_og = C_out // G
+    L = (OH - 1) * Wp + OW
+    for n in range(n0, n1):
+        _pad_image(x, n, xpad, ph, pw)
+        _zero(dxpad.reshape(dxpad.size))
+        for co in range(C_out):
+            g = co // C_og
+            _zero(dyw)
+            for oh in range(OH):
+                _copy(dyw[oh * Wp:oh * Wp + OW], dy[n, co, oh])
+            for ci in range(C_g):
+                src = xpad[g * C_g + ci].reshape(Hp * Wp)
+                dst = dxpad[g * C_g + ci].reshape(Hp * Wp)
+                for kh in range(KH):
+                    for kw in range(KW):
+                        wv = w[co, ci, kh, kw]
+                        if sh == 1 and sw == 1:
+                            base = kh * dh * Wp + kw * dw
+                            if need_dw:
+                                dwp[co, ci, kh, kw] += _dot(dyw[:L], src[base:base + L])
+                            if need_dx:
+                                _axpy(dst[base:base + L], wv, dyw[:L])
+                            continue
+                        for oh in range(OH):
+                            s0 = (oh * sh + kh * dh) * Wp + kw * dw
+                            row = dyw[oh * Wp:oh * Wp + OW]
+                            if need_dw:
+                                dwp[co, ci, kh, kw] += _dot(row, src[s0:s0 + OW * sw:sw])
+                            if need_dx:
+                                _axpy(dst[s0:s0 + OW * sw:sw], wv, row)
+        if need_dx:
+            for c in range(C):
+                for h in range(H):
+                    _copy(dx[n, c, h], dxpad[c, h + ph, pw:pw + W])
+
+
+def _direct_forward(x, weight, bias, stride, padding, dilation, groups):
+    N, C_out, C_g, KH, KW, OH, OW = _conv_shapes(x, weight, stride, padding, dilation)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    C, H, W = x.shape[1:]
+    y = np.empty((N, C_out, OH, OW), dtype=x.dtype)
+    b = np.zeros(C_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    per = max(1, math.ceil(N / (4 * num_threads())))
+
+    def task(t, worker):
+        xpad = worker_buffer(worker, "xpad", (C, H + 2 * ph, W + 2 * pw), x.dtype)
+        acc = worker_buffer(worker, "acc", (OH * (W + 2 * pw),), x.dtype)
+        _direct_forward_images(x, weight, b, y, t * per, min(N, (t + 1) * per), sh, sw, ph, pw,
+                               dh, dw, groups, xpad, acc)
+    parallel_for(task, math.ceil(N / per))
+    return y
+
+
+def _direct_backward(dy, x, weight, stride, padding, dilation, groups, need_dx, need_dw):
+    N, C_out, C_g, KH, KW, OH, OW = _conv_shapes(x, weight, stride, padding, dilation)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    C, H, W = x.shape[1:]
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else np.empty((0, C, H, W), x.dtype)
+    per = max(1, math.ceil(N / (4 * num_threads())))
+    dw_parts = {}
+
+    def task(t, worker):
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        xpad = worker_buffer(worker, "xpad", (C, Hp, Wp), x.dtype)
+        dxpad = worker_buffer(worker, "dxpad", (C, Hp, Wp), x.dtype)
+        dyw = worker_buffer(worker, "dyw", (OH * Wp,), x.dtype)
+        if worker not in dw_parts:
+            dw_parts[worker] = np.zeros(weight.shape, dtype=x.dtype)
+        _direct_backward_images(dy, x, weight, dx, dw_parts[worker], t * per,
+                                min(N, (t + 1) * per), sh, sw, ph, pw, dh, dw, groups, xpad,
+                                dxpad, dyw, need_dx, need_dw)
+    parallel_for(task, math.ceil(N / per))
+    return (dx if need_dx else None), (sum(dw_parts.values()) if need_dw else None)
+
+
+# ---- pooling --------------------------------------------------------------------------------------
+
+@_jit
+def _max_pool_planes(x, y, arg, p0, p1, KH, KW, sh, sw, ph, pw):
+    """y, arg (planes, OH, OW) <- max and its flat index over each window of x (planes, H, W)."""
+    H, W = x.shape[1], x.shape[2]
+    OH, OW = y.shape[1], y.shape[2]
+    for p in range(p0, p1):
+        for oh in range(OH):
+            h_lo, h_hi = max(oh * sh - ph, 0), min(oh * sh - ph + KH, H)
+            for ow in range(OW):
+                w_lo, w_hi = max(ow * sw - pw, 0), min(ow * sw - pw + KW, W)
+                best = x[p, h_lo, w_lo]
+                idx = h_lo * W + w_lo
+                for ih in range(h_lo, h_hi):
+                    for iw in range(w_lo, w_hi):
+                        v = x[p, ih, iw]
+                        # the first maximum wins; a NaN beats everything (the first NaN)
+                        if v > best or (v != v and best == best):
+                            best = v
+                            idx = ih * W + iw
+                y[p, oh, ow] = best
+                arg[p, oh, ow] = idx
+
+
+@_jit
+def _max_pool_backward_planes(dy, arg, dx, p0, p1):
+    """dx (planes, H*W) += dy at the argmax positions (zeroed here first)."""
+    for p in range(p0, p1):
+        dx[p, :] = 0
+        for i in range(dy.shape[1]):
+            dx[p, arg[p, i]] += dy[p, i]
+
+
+@_jit
+def _avg_pool_planes(x, y, p0, p1, KH, KW, sh, sw, ph, pw):
+    """y (planes, OH, OW) <- window sums of x / (KH*KW) (padding counted as zeros)."""
+    H, W = x.shape[1], x.shape[2]
+    OH, OW = y.shape[1], y.shape[2]
+    inv = 1.0 / (KH * KW)
+    for p in range(p0, p1):
+        for oh in range(OH):
+            h_lo, h_hi = max(oh * sh - ph, 0), min(oh * sh - ph + KH, H)
+            for ow in range(OW):
+                w_lo, w_hi = max(ow * sw - pw, 0), min(ow * sw - pw + KW, W)
+                s = 0.0
+                for ih in range(h_lo, h_hi):
+                    for iw in range(w_lo, w_hi):
+                        s += x[p, ih, iw]
+                y[p, oh, ow] = s * inv
+
+
+@_jit
+def _avg_pool_backward_planes(dy, dx, p0, p1, KH, KW, sh, sw, ph, pw):
+    """dx (planes, H, W) <- each output gradient / (KH*KW) spread over its window."""
+    H, W = dx.shape[1], dx.shape[2]
+    OH, OW = dy.shape[1], dy.shape[2]
+    inv = 1.0 / (KH * KW)
+    for p in range(p0, p1):
+        dx[p] = 0
+        for oh in range(OH):
+            h_lo, h_hi = max(oh * sh - ph, 0), min(oh * sh - ph + KH, H)
+            for ow in range(OW):
+                w_lo, w_hi = max(ow * sw - pw, 0), min(ow * sw - pw + KW, W)
+                g = dy[p, oh, ow] * inv
+                for ih in range(h_lo, h_hi):
+                    for iw in range(w_lo, w_hi):
+                        dx[p, ih, iw] += g
+
+
+def _plane_tasks(n_planes):
+    """Split n planes into a few contiguous ranges per thread: (count, range of task t)."""
+    per = max(1, math.ceil(n_planes / (4 * num_threads())))
+    return math.ceil(n_planes / per), lambda t: (t * per, min(n_planes, (t + 1) * per))
+
+
+def _pool_output(x, kernel_size, stride, padding):
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, kernel_size[0], stride[0], padding[0], 1)
+    OW = conv_output_size(W, kernel_size[1], stride[1], padding[1], 1)
+    return N, C, H, W, OH, OW
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding):
+    """x (N, C, H, W) -> (y (N, C, OH, OW), argmax (N, C, OH, OW) int32: ih*W + iw in the plane)."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W, OH, OW = _pool_output(x, kernel_size, stride, padding)
+    y = np.empty((N * C, OH, OW), dtype=x.dtype)
+    arg = np.empty((N * C, OH, OW), dtype=np.int32)
+    xs = x.reshape(N * C, H, W)
+    n_tasks, span = _plane_tasks(N * C)
+
+    def task(t, worker):
+        _max_pool_planes(xs, y, arg, *span(t), *kernel_size, *stride, *padding)
+    parallel_for(task, n_tasks)
+    return y.reshape(N, C, OH, OW), arg.reshape(N, C, OH, OW)
+
+
+def max_pool2d_backward(dy, argmax, x_shape):
+    """Route each output gradient to the input pixel that was the maximum (sums where shared)."""
+    N, C, H, W = x_shape
+    dys = np.ascontiguousarray(dy).reshape(N * C, -1)
+    args = np.ascontiguousarray(argmax).reshape(N * C, -1)
+    dx = np.empty((N * C, H * W), dtype=dy.dtype)
+    n_tasks, span = _plane_tasks(N * C)
+
+    def task(t, worker):
+        _max_pool_backward_planes(dys, args, dx, *span(t))
+    parallel_for(task, n_tasks)
+    return dx.reshape(x_shape)
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding):
+    """x (N, C, H, W) -> (N, C, OH, OW), the mean of each window; zero padding is counted in the
+    divisor KH*KW (PyTorch's count_include_pad=True)."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W, OH, OW = _pool_output(x, kernel_size, stride, padding)
+    y = np.empty((N * C, OH, OW), dtype=x.dtype)
+    xs = x.reshape(N * C, H, W)
+    n_tasks, span = _plane_tasks(N * C)
+
+    def task(t, worker):
+        _avg_pool_planes(xs, y, *span(t), *kernel_size, *stride, *padding)
+    parallel_for(task, n_tasks)
+    return y.reshape(N, C, OH, OW)
+
+
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding):
+    """Spread each output gradient evenly (1/(KH*KW)) over its window; drop what fell on padding."""
+    N, C, H, W = x_shape
+    dys = np.ascontiguousarray(dy).reshape(N * C, dy.shape[2], dy.shape[3])
+    dx = np.empty((N * C, H, W), dtype=dy.dtype)
+    n_tasks, span = _plane_tasks(N * C)
+
+    def task(t, worker):
+        _avg_pool_backward_planes(dys, dx, *span(t), *kernel_size, *stride, *padding)
+    parallel_for(task, n_tasks)
+    return dx.reshape(x_shape)
+
+
+# ---- batch norm -----------------------------------------------------------------------------------
+
+@_jit_sum
+def _bn_train_channels(x, weight, bias, eps, y, mean, var, c0, c1):
+    """Per channel of x (N, C, HW): batch mean and biased variance, then y = normalised x.
+
+    One channel of a batch (e.g. 128 x 32 x 32 floats = 512 KB) stays in cache between the
+    statistics pass and the normalising pass, so x comes from memory once.
+    """
+    N, HW = x.shape[0], x.shape[2]
+    M = N * HW
+    for c in range(c0, c1):
+        pilot = np.float64(x[0, c, 0])   # shifting by a sample keeps the one-pass variance exact
+        s = 0.0
+        ss = 0.0
+        for n in range(N):
+            row = x[n, c]
+            for i in range(HW):
+                v = row[i] - pilot
+                s += v
+                ss += v * v
+        m = s / M
+        mean[c] = pilot + m
+        var[c] = max(ss / M - m * m, 0.0)
+        scale = weight[c] / math.sqrt(var[c] + eps)
+        shift = bias[c] - mean[c] * scale
+        _affine_rows(x, y, c, scale, shift)
+
+
+@_jit
+def _affine_rows(x, y, c, a, b):
+    """y[:, c] = x[:, c] * a + b, in x's dtype."""
+    a, b = x.dtype.type(a), x.dtype.type(b)
+    for n in range(x.shape[0]):
+        src, dst = x[n, c], y[n, c]
+        for i in range(src.size):
+            dst[i] = src[i] * a + b
+
+
+@_jit
+def _bn_affine_channels(x, scale, shift, y, c0, c1):
+    """y (N, C, HW) <- x * scale[c] + shift[c] for channels c0..c1."""
+    for c in range(c0, c1):
+        _affine_rows(x, y, c, scale[c], shift[c])
+
+
+@_jit_sum
+def _bn_backward_channels(dy, x, weight, mean, invstd, training, dx, dweight, dbias, c0, c1):
+    """Fused batch-norm backward per channel: two sums, then dx = a*dy + b*x + d in one pass."""
+    N, HW = x.shape[0], x.shape[2]
+    M = N * HW
+    for c in range(c0, c1):
+        mu, r = mean[c], invstd[c]
+        s_dy = 0.0
+        s_dyx = 0.0
+        for n in range(N):
+            g_row, x_row = dy[n, c], x[n, c]
+            for i in range(HW):
+                s_dy += g_row[i]
+                s_dyx += g_row[i] * (x_row[i] - mu)
+        dbias[c] = s_dy
+        dweight[c] = s_dyx * r
+        k = weight[c] * r
+        if training:
+            # dx = k * (dy - s_dy/M - xhat * dweight/M),  xhat = (x - mu) * r
+            a = k
+            b = -k * r * dweight[c] / M
+            d = -k * s_dy / M - b * mu
+        else:
+            a, b, d = k, 0.0, 0.0
+        a32, b32, d32 = x.dtype.type(a), x.dtype.type(b), x.dtype.type(d)
+        for n in range(N):
+            g_row, x_row, out = dy[n, c], x[n, c], dx[n, c]
+            for i in range(HW):
+                out[i] = a32 * g_row[i] + b32 * x_row[i] + d32
+
+
+def _channel_tasks(C):
+    return _plane_tasks(C)
+
+
+def batch_norm_train(x, weight, bias, eps):
+    """Normalise each channel with its batch statistics.
+
+    x (N, C, H, W), weight (C,), bias (C,) -> (y like x, mean (C,), var (C,)), where var is the
+    biased variance (divided by N*H*W) used to normalise. Statistics are accumulated in float64.
+    """
+    x = np.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    xs = x.reshape(N, C, -1)
+    y = np.empty_like(xs)
+    mean, var = np.empty(C), np.empty(C)
+    w, b = weight.astype(np.float64), bias.astype(np.float64)
+    n_tasks, span = _channel_tasks(C)
+
+    def task(t, worker):
+        _bn_train_channels(xs, w, b, eps, y, mean, var, *span(t))
+    parallel_for(task, n_tasks)
+    return y.reshape(x.shape), mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batch_norm_eval(x, weight, bias, mean, var, eps):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias with given per-channel mean, var (C,)."""
+    x = np.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+    scale = weight * invstd
+    shift = (bias - mean * scale).astype(x.dtype)
+    scale = scale.astype(x.dtype)
+    xs = x.reshape(N, C, -1)
+    y = np.empty_like(xs)
+    n_tasks, span = _channel_tasks(C)
+
+    def task(t, worker):
+        _bn_affine_channels(xs, scale, shift, y, *span(t))
+    parallel_for(task, n_tasks)
+    return y.reshape(x.shape)
+
+
+def batch_norm_backward(dy, x, weight, mean, var, eps, training):
+    """Gradients of batch norm: dy like x -> (dx like x, dweight (C,), dbias (C,)).
+
+    training: mean and var are the batch statistics (they depend on x); eval: constants.
+    """
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    N, C = x.shape[:2]
+    xs, dys = x.reshape(N, C, -1), dy.reshape(N, C, -1)
+    dx = np.empty_like(xs)
+    dweight, dbias = np.empty(C), np.empty(C)
+    invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+    w, mu = weight.astype(np.float64), mean.astype(np.float64)
+    n_tasks, span = _channel_tasks(C)
+
+    def task(t, worker):
+        _bn_backward_channels(dys, xs, w, mu, invstd, bool(training), dx, dweight, dbias,
+                              *span(t))
+    parallel_for(task, n_tasks)
+    return dx.reshape(x.shape), dweight.astype(x.dtype), dbias.astype(x.dtype)
