@@ -7,25 +7,28 @@
                                                 training: the exact schedules fit_* would run
     plot_confusion_matrix(cm, classes)          counts (or row fractions), actual x predicted
     plot_top_losses(images, titles)             a grid of images with their captions
+    show_batch, plot_augmentations              pictures of the data (from plot_data.py)
 
 Each function returns a matplotlib Figure and, given `path`, writes it as a PNG. Figures are made
 with matplotlib.figure.Figure, not pyplot: no window, no global state, no backend to choose, so it
 works the same headless (it renders with Agg) as on a desktop; Jupyter displays a returned Figure.
-matplotlib is imported when the first figure is drawn, not with tinyconv.
+matplotlib is imported with this module (and plot_data), not with tinyconv.
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+from matplotlib.figure import Figure
+
+from .plot_data import _grid, plot_augmentations, show_batch
 
 __all__ = ["plot_lr_find", "plot_loss", "plot_sched", "plot_schedule", "plot_confusion_matrix",
-           "plot_top_losses"]
+           "plot_top_losses", "show_batch", "plot_augmentations"]
 
 
 def _figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.4)):
     """A Figure and its axes as a 2-D array (rows, cols)."""
-    from matplotlib.figure import Figure
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
@@ -182,16 +185,5 @@ def plot_top_losses(images, titles, path=None, ncols: int = 3):
     if images.ndim != 4 or len(titles) != len(images):
         raise ValueError(f"plot_top_losses: need images (k, H, W, C) and k titles, got "
                          f"{images.shape} and {len(titles)} titles")
-    k = len(images)
-    ncols = max(1, min(ncols, k))
-    nrows = max(1, -(-k // ncols))
-    fig, axes = _figure(nrows, ncols, figsize=(3 * ncols, 3.2 * nrows))
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, image, title in zip(axes.ravel(), images, titles):
-        if image.shape[-1] == 1:
-            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-        else:
-            ax.imshow(image)
-        ax.set_title(title, fontsize=9)
+    fig = _grid(images, titles, ncols, tile_inches=3.0)   # the same grid as show_batch
     return _finish(fig, path)
