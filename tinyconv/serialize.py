@@ -27,7 +27,8 @@ import numpy as np
 from . import models
 from .nn.module import Module, StateDictError
 
-__all__ = ["save", "load", "read_model_file", "ModelFileError", "HEADER_KEY", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_model_file", "write_model_file", "model_header",
+           "ModelFileError", "HEADER_KEY", "FORMAT", "FORMAT_VERSION"]
 
 HEADER_KEY = "__tinyconv__"
 FORMAT = "tinyconv-model"
@@ -65,27 +66,40 @@ def save(model_or_learner, path, **meta) -> str:
     meta: JSON-serialisable extras, e.g. classes=[...], mean=[...], std=[...]. Metadata a loaded
     model carries in `model.meta` is kept unless overridden. Returns the path.
     """
-    from . import __version__
     model = _model_of(model_or_learner)
-    path = os.fspath(path)
     state = model.state_dict()
-    if HEADER_KEY in state:
-        raise ValueError(f"save: the model has a state entry named {HEADER_KEY!r}, reserved for "
-                         f"the header")
-    header = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "tinyconv_version": __version__,
-        "arch": getattr(model, "arch_name", None), "arch_args": getattr(model, "arch_args", None),
-        "model_class": type(model).__name__, "keys": list(state),
-        "meta": {**getattr(model, "meta", {}), **meta},
-    }
-    text = json.dumps(header, default=_jsonable)
+    header = model_header(model, list(state), meta)
+    write_model_file(path, state, header)
+    return os.fspath(path)
+
+
+def model_header(model: Module, keys: list, meta: dict) -> dict:
+    """The JSON header describing `model`: format, versions, architecture, state keys, metadata.
+
+    Callers that store more (a Learner's optimizer state) add their own header entries and arrays
+    and write with write_model_file: the file stays loadable by tc.load.
+    """
+    from . import __version__
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "tinyconv_version": __version__,
+            "arch": getattr(model, "arch_name", None),
+            "arch_args": getattr(model, "arch_args", None),
+            "model_class": type(model).__name__, "keys": list(keys),
+            "meta": {**getattr(model, "meta", {}), **meta}}
+
+
+def write_model_file(path, arrays: dict, header: dict) -> None:
+    """Write `arrays` and the JSON `header` as one .npz, atomically (temporary file + rename)."""
+    path = os.fspath(path)
+    if HEADER_KEY in arrays:
+        raise ValueError(f"save: an array is named {HEADER_KEY!r}, reserved for the header")
+    text = json.dumps(header, default=_jsonable)          # fails before anything is written
     folder = os.path.dirname(os.path.abspath(path))
     # a unique name in the same folder (so os.replace is a rename on one file system); "xb" never
     # overwrites, and unlike mkstemp the file gets the usual permissions
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "xb") as f:
-            np.savez(f, **state, **{HEADER_KEY: np.array(text)})
+            np.savez(f, **arrays, **{HEADER_KEY: np.array(text)})
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -93,7 +107,6 @@ def save(model_or_learner, path, **meta) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return path
 
 
 def read_model_file(path) -> tuple[dict, dict]:
