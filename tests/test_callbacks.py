@@ -236,10 +236,8 @@ def test_infinite_loss_from_a_huge_lr_stops_too():
 
 def test_progress_plain_lines_when_not_a_terminal():
     out = io.StringIO()
-    learn = make_learner(n_train=3)
-    learn.remove_cbs(learn.progress)
-    learn.progress = ProgressCallback(file=out, plain_every=0.0)
-    learn.add_cbs(learn.progress)
+    learn = make_learner(n_train=3, cbs=[ProgressCallback(file=out, plain_every=0.0)])
+    assert sum(isinstance(cb, ProgressCallback) for cb in learn.cbs) == 1
     learn.fit(2, 0.1)
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]

@@ -205,9 +205,12 @@ class Learner:
         self.lr, self.wd, self.moms, self.train_bn = lr, wd, moms, train_bn
         self.opt = None
         self.cbs, self._handlers = [], {}
+        cbs = list(cbs) if isinstance(cbs, (list, tuple)) else ([cbs] if cbs else [])
+        # a ProgressCallback given in cbs (e.g. writing to a file) replaces the default one
+        given = [cb for cb in cbs if isinstance(cb, ProgressCallback)]
+        self.progress = given[0] if given else ProgressCallback(silent=silent)
         self.recorder = Recorder()
-        self.progress = ProgressCallback(silent=silent)
-        self.add_cbs([self.recorder, self.progress, TerminateOnNaN()] + list(cbs or []))
+        self.add_cbs([self.recorder, TerminateOnNaN()] + ([] if given else [self.progress]) + cbs)
         self._set_layer_groups(splitter)
         self.frozen_to = 0
         self.lr_finding = False
@@ -386,9 +389,11 @@ class Learner:
         self.total_iters = n_epoch * len(self.train_dl)
         self.train_iter = start_epoch * len(self.train_dl)
         self._start_epoch = start_epoch
-        with self.added_cbs(cbs):
-            self._with_events(self._do_fit, "fit", CancelFit)
-        self.training = False
+        try:
+            with self.added_cbs(cbs):
+                self._with_events(self._do_fit, "fit", CancelFit)
+        finally:
+            self.training = False
 
     def _do_fit(self):
         for epoch in range(self._start_epoch, self.n_epoch):
@@ -564,6 +569,8 @@ class Learner:
         """[valid_loss, *metrics] on dl (default: the validation loader)."""
         dl = self._eval_dl(dl, "validate")
         self._do_validate(dl)
+        if self.recorder.last_valid is None:
+            raise ValueError("validate: the data loader gave no batches")
         return list(self.recorder.last_valid)
 
     def _eval_dl(self, dl, name):
