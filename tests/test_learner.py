@@ -468,7 +468,7 @@ def test_metric_errors_and_names():
     assert metric_name(partial(top_k_accuracy, k=3)) == "top_3_accuracy"
 
 
-# --- the whole recipe ------------------------------------------------------------------------------
+# --- the whole recipe -----------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_small_cnn_on_an_mnist_slice_goes_past_97_percent():
