@@ -1,0 +1,206 @@
+"""The NumPy reference kernels and their Numba twins agree, on one table of cases.
+
+Data movement (im2col, col2im, max pooling) must agree exactly in float64; arithmetic whose
+summation order differs (the GEMMs, means, batch-norm sums) to rounding. Every case runs through
+each code path of the Numba convolution: the default choice, GEMM on one-row tiles, GEMM on
+several-image tiles, and the direct loops, so a slip in any tiling shows up.
+"""
+import numpy as np
+import pytest
+
+from tinyconv import kernels
+from tinyconv.kernels import numba_kernels as nb
+from tinyconv.kernels import reference as ref
+
+# N, C, H, W, C_out, KH, KW, stride, padding, dilation, groups
+CONV_CASES = [
+    (1, 1, 5, 7, 2, 2, 3, (1, 1), (0, 0), (1, 1), 1),
+    (3, 3, 6, 9, 4, 3, 2, (2, 2), (1, 1), (1, 1), 1),
+    (3, 3, 7, 5, 2, 3, 3, (1, 2), (2, 2), (2, 2), 1),
+    (1, 3, 8, 6, 5, 1, 3, (2, 1), (0, 1), (1, 2), 1),
+    (3, 1, 9, 4, 3, 4, 2, (1, 1), (2, 0), (2, 1), 1),
+    (3, 4, 9, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2),        # groups=2
+    (2, 6, 7, 8, 6, 3, 3, (2, 2), (1, 1), (1, 1), 6),        # depthwise
+    (2, 4, 6, 6, 8, 3, 3, (1, 1), (1, 1), (1, 1), 4),        # depthwise, 2 filters per channel
+    (2, 16, 9, 7, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (3, 16, 12, 10, 8, 3, 2, (2, 2), (2, 1), (2, 1), 1),
+    (2, 12, 8, 11, 6, 5, 3, (1, 1), (2, 1), (1, 1), 3),      # "same" padding, groups=3
+    (2, 10, 6, 7, 4, 3, 3, (1, 1), (2, 2), (2, 2), 1),       # "same" with dilation 2
+]
+DTYPES = [np.float64, np.float32]
+PATHS = ["default", "gemm-rows", "gemm-images", "direct"]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Force one code path of the Numba convolution."""
+    if request.param == "gemm-rows":          # one output row per tile
+        monkeypatch.setattr(nb, "DIRECT_MAX_TAPS", 0)
+        monkeypatch.setattr(nb, "COLS_BYTES_FORWARD", 1)
+        monkeypatch.setattr(nb, "COLS_BYTES_BACKWARD", 1)
+    elif request.param == "gemm-images":      # several whole images per tile, one thread
+        monkeypatch.setattr(nb, "DIRECT_MAX_TAPS", 0)
+        monkeypatch.setattr(nb, "COLS_BYTES_FORWARD", 1 << 30)
+        monkeypatch.setattr(nb, "COLS_BYTES_BACKWARD", 1 << 30)
+        monkeypatch.setenv("TINYCONV_NUM_THREADS", "1")
+    elif request.param == "direct":
+        monkeypatch.setattr(nb, "DIRECT_MAX_TAPS", 1 << 30)
+    return request.param
+
+
+def _conv_inputs(case, dtype, rng, contiguous=True):
+    N, C, H, W, C_out, KH, KW, stride, padding, dilation, groups = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    if not contiguous:                        # same values, strided memory
+        x = np.swapaxes(np.ascontiguousarray(np.swapaxes(x, 2, 3)), 2, 3)
+        assert not x.flags.c_contiguous
+    w = rng.standard_normal((C_out, C // groups, KH, KW)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    return x, w, b, (stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_forward_and_backward_match_reference(case, dtype, path, rng):
+    x, w, b, geometry = _conv_inputs(case, dtype, rng)
+    for bias in (None, b):
+        y_ref = ref.conv2d_forward(x, w, bias, *geometry)
+        y_nb = nb.conv2d_forward(x, w, bias, *geometry)
+        assert y_nb.dtype == dtype and y_nb.shape == y_ref.shape
+        np.testing.assert_allclose(y_nb, y_ref, **_tol(dtype))
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    dx_ref, dw_ref = ref.conv2d_backward(dy, x, w, *geometry)
+    dx_nb, dw_nb = nb.conv2d_backward(dy, x, w, *geometry)
+    assert dx_nb.dtype == dtype and dw_nb.dtype == dtype
+    np.testing.assert_allclose(dx_nb, dx_ref, **_tol(dtype))
+    np.testing.assert_allclose(dw_nb, dw_ref, **_tol(dtype))
+    # a gradient nobody needs is not computed
+    assert nb.conv2d_backward(dy, x, w, *geometry, need_dx=False)[0] is None
+    dx_only, dw_none = nb.conv2d_backward(dy, x, w, *geometry, need_dw=False)
+    assert dw_none is None
+    np.testing.assert_allclose(dx_only, dx_ref, **_tol(dtype))
+
+
+@pytest.mark.parametrize("case", CONV_CASES[1:4] + CONV_CASES[8:10], ids=str)
+def test_conv2d_non_contiguous_input_matches_reference(case, path, rng):
+    x, w, b, geometry = _conv_inputs(case, np.float64, rng, contiguous=False)
+    np.testing.assert_allclose(nb.conv2d_forward(x, w, b, *geometry),
+                               ref.conv2d_forward(np.ascontiguousarray(x), w, b, *geometry),
+                               rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(ref.conv2d_forward(x, w, b, *geometry).shape)
+    for got, want in zip(nb.conv2d_backward(dy, x, w, *geometry),
+                         ref.conv2d_backward(dy, x, w, *geometry)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_im2col_and_col2im_match_reference_exactly(case, dtype, rng):
+    x, w, _, (stride, padding, dilation, _) = _conv_inputs(case, dtype, rng, contiguous=False)
+    k = w.shape[2:]
+    cols = nb.im2col(x, k, stride, padding, dilation)
+    np.testing.assert_array_equal(cols, ref.im2col(x, k, stride, padding, dilation))
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    kept = dcols.copy()
+    np.testing.assert_array_equal(nb.col2im(dcols, x.shape, k, stride, padding, dilation),
+                                  ref.col2im(dcols, x.shape, k, stride, padding, dilation))
+    np.testing.assert_array_equal(dcols, kept)               # the caller's columns are untouched
+
+
+def test_im2col_layout_is_channel_then_kernel_row_then_column():
+    # one 1x3x4 image, 2x2 kernel, no padding: column p is output pixel p, row (c, kh, kw)
+    x = np.arange(12, dtype=np.float64).reshape(1, 1, 3, 4)
+    cols = nb.im2col(x, (2, 2), (1, 1), (0, 0), (1, 1))
+    assert cols.shape == (1, 4, 6)
+    np.testing.assert_array_equal(cols[0, :, 0], [0, 1, 4, 5])     # window at (0, 0)
+    np.testing.assert_array_equal(cols[0, 0], [0, 1, 2, 4, 5, 6])  # tap (0, 0) over the outputs
+
+
+# kernel, stride, padding (pairs)
+POOL_CASES = [((2, 2), (2, 2), (0, 0)), ((3, 2), (2, 1), (1, 1)), ((3, 3), (1, 1), (1, 1)),
+              ((2, 3), (1, 2), (1, 0)), ((4, 4), (4, 4), (0, 0)), ((3, 3), (2, 2), (1, 1))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 8, 8), (3, 3, 7, 9)], ids=str)
+def test_pooling_matches_reference(shape, case, dtype, rng):
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(dtype)   # no ties
+    x = np.swapaxes(np.ascontiguousarray(np.swapaxes(x, 2, 3)), 2, 3)   # non-contiguous
+    y_ref, arg_ref = ref.max_pool2d_forward(x, *case)
+    y_nb, arg_nb = nb.max_pool2d_forward(x, *case)
+    np.testing.assert_array_equal(y_nb, y_ref)
+    np.testing.assert_array_equal(arg_nb, arg_ref)
+    assert y_nb.dtype == dtype and arg_nb.dtype == np.int32
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    np.testing.assert_array_equal(nb.max_pool2d_backward(dy, arg_nb, x.shape),
+                                  ref.max_pool2d_backward(dy, arg_ref, x.shape))
+    np.testing.assert_allclose(nb.avg_pool2d_forward(x, *case), ref.avg_pool2d_forward(x, *case),
+                               **_tol(dtype))
+    np.testing.assert_allclose(nb.avg_pool2d_backward(dy, x.shape, *case),
+                               ref.avg_pool2d_backward(dy, x.shape, *case), **_tol(dtype))
+
+
+def test_max_pool_ties_pick_the_first_maximum_in_both():
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 1] = x[0, 0, 0, 1] = 1.0
+    for impl in (ref, nb):
+        _, arg = impl.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+        assert arg[0, 0, 0, 0] == 1                       # (0, 1) comes before (1, 1)
+        assert arg[0, 0, 1, 1] == 2 * 4 + 2               # all zeros: the window's first pixel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 4, 5, 7), (1, 3, 2, 2), (6, 2, 1, 1), (5, 3, 1, 4)],
+                         ids=str)
+def test_batch_norm_matches_reference(shape, dtype, rng):
+    x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)          # |mean| > std
+    C = shape[1]
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    got, want = nb.batch_norm_train(x, w, b, 1e-5), ref.batch_norm_train(x, w, b, 1e-5)
+    for g, r in zip(got, want):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, r, **_tol(dtype))
+    mean, var = want[1], want[2]
+    np.testing.assert_allclose(nb.batch_norm_eval(x, w, b, mean, var, 1e-5),
+                               ref.batch_norm_eval(x, w, b, mean, var, 1e-5), **_tol(dtype))
+    dy = rng.standard_normal(shape).astype(dtype)
+    for training in (True, False):
+        got = nb.batch_norm_backward(dy, x, w, mean, var, 1e-5, training)
+        want = ref.batch_norm_backward(dy, x, w, mean, var, 1e-5, training)
+        for g, r in zip(got, want):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, r, rtol=_tol(dtype)["rtol"] * 10,
+                                       atol=_tol(dtype)["atol"] * 10)
+
+
+def test_batch_norm_variance_is_exact_for_a_large_offset():
+    # one-pass variance without the shift would lose every digit here
+    x = (1e4 + np.arange(8.0)).reshape(2, 1, 2, 2).astype(np.float32)
+    _, mean, var = nb.batch_norm_train(x, np.ones(1, np.float32), np.zeros(1, np.float32), 0.0)
+    assert mean[0] == pytest.approx(10003.5)
+    assert var[0] == pytest.approx(5.25, rel=1e-6)
+
+
+def test_backend_selection_and_context_manager():
+    start = kernels.backend_name()
+    with kernels.use_backend("numpy") as impl:
+        assert impl is ref and kernels.backend() is ref and kernels.backend_name() == "numpy"
+        with kernels.use_backend("numba"):
+            assert kernels.backend() is nb
+        assert kernels.backend() is ref
+    assert kernels.backend_name() == start
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        kernels.set_backend("cuda")
+    assert kernels.backend_name() == start
+
+
+def test_both_backends_export_the_same_functions():
+    import inspect
+    assert ref.__all__ == nb.__all__
+    for name in ref.__all__:
+        assert inspect.signature(getattr(ref, name)) == inspect.signature(getattr(nb, name)), name
