@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from tinyconv import augment as A  # noqa: E402
-from tinyconv.data import DataLoader, ImageFolder  # noqa: E402
+from tinyconv.data import ArrayDataset, DataLoader, ImageFolder  # noqa: E402
 
 CIFAR_TRAIN = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
 
@@ -77,44 +77,39 @@ def bench_decode(cache_dir):
     return ds
 
 
-def bench_augment(ds, big_n):
+def bench_configs(ds, batch, configs, results, prefix=""):
+    """Time each (name, transform) alone and as whole DataLoader batches of `batch` images."""
     rng = np.random.default_rng(0)
-    results = {}
-    print("(b) 32x32, batch 128, one core  [images/s: wall, cpu]")
-    idx = rng.permutation(len(ds))[:128]
-    configs = [("no augmentation (gather + normalise)", None),
-               ("CIFAR preset (pad 4 + crop 32 + flip)", A.cifar_transforms()),
-               ("CIFAR preset + cutout 16", A.cifar_transforms(cutout=16)),
-               ("aug_transforms()", A.aug_transforms()),
-               ("transforms_side_on() (fastai 0.7)", A.transforms_side_on())]
+    idx = rng.permutation(len(ds))[:batch]
     for name, tfm in configs:
         if tfm is not None:
-            wall, cpu = timed(lambda: tfm(ds.images[idx], rng), 128)
+            wall, cpu = timed(lambda: tfm(ds.images[idx], rng), batch)
             row(f"transform  {name}", wall, cpu)
-        dl = DataLoader(ds, batch_size=128, transform=tfm, prefetch=0, mean=A.CIFAR10_MEAN,
+        dl = DataLoader(ds, batch_size=batch, transform=tfm, prefetch=0, mean=A.CIFAR10_MEAN,
                         std=A.CIFAR10_STD)
         seq = np.random.SeedSequence(1)
-        wall, cpu = timed(lambda: dl.make_batch(idx, seq), 128)
+        wall, cpu = timed(lambda: dl.make_batch(idx, seq), batch)
         row(f"batch      {name}", wall, cpu)
-        results[name] = (wall, cpu)
+        results[prefix + name] = (wall, cpu)
 
-    print(f"(c) 224x224, batch 64, one core  [images/s: wall, cpu]")
-    big = A.resize(224)(ds.images[:big_n], rng)
-    from tinyconv.data import ArrayDataset
+
+def bench_augment(ds, big_n):
+    results = {}
+    print("(b) 32x32, batch 128, one core  [images/s: wall, cpu]")
+    bench_configs(ds, 128, [("no augmentation (gather + normalise)", None),
+                            ("CIFAR preset (pad 4 + crop 32 + flip)", A.cifar_transforms()),
+                            ("CIFAR preset + cutout 16", A.cifar_transforms(cutout=16)),
+                            ("aug_transforms()", A.aug_transforms()),
+                            ("transforms_side_on() (fastai 0.7)", A.transforms_side_on())],
+                  results)
+    print("(c) 224x224, batch 64, one core  [images/s: wall, cpu]")
+    big = A.resize(224)(ds.images[:big_n], np.random.default_rng(0))
     big_ds = ArrayDataset(big, ds.labels[:big_n], ds.classes)
-    idx = rng.permutation(big_n)[:64]
-    for name, tfm in [("aug_transforms()", A.aug_transforms()),
-                      ("aug_transforms(size=160, min_scale=0.35)",
-                       A.aug_transforms(size=160, min_scale=0.35)),
-                      ("transforms_side_on() (fastai 0.7)", A.transforms_side_on())]:
-        wall, cpu = timed(lambda: tfm(big_ds.images[idx], rng), 64)
-        row(f"transform  {name}", wall, cpu)
-        dl = DataLoader(big_ds, batch_size=64, transform=tfm, prefetch=0, mean=A.CIFAR10_MEAN,
-                        std=A.CIFAR10_STD)
-        seq = np.random.SeedSequence(1)
-        wall, cpu = timed(lambda: dl.make_batch(idx, seq), 64)
-        row(f"batch      {name}", wall, cpu)
-        results["224 " + name] = (wall, cpu)
+    bench_configs(big_ds, 64, [("aug_transforms()", A.aug_transforms()),
+                               ("aug_transforms(size=160, min_scale=0.35)",
+                                A.aug_transforms(size=160, min_scale=0.35)),
+                               ("transforms_side_on() (fastai 0.7)", A.transforms_side_on())],
+                  results, prefix="224 ")
     return results
 
 

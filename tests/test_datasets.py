@@ -73,6 +73,12 @@ def write_cifar_bin(root, n=4):
     return batches
 
 
+def cut(path, keep):
+    """Truncate a file to its first `keep` bytes (negative: drop that many from the end)."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[:keep])
+
+
 def cifar_rows_to_nhwc(data):
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
@@ -130,7 +136,8 @@ def test_idx_truncated_or_trailing_bytes_names_file(tmp_path, gz):
 
 def test_gzip_truncated_or_corrupt_names_file(tmp_path):
     packed = gzip.compress(idx_bytes(np.arange(4000, dtype=np.uint8).reshape(4, 1000) % 7))
-    (tmp_path / "cut.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "cut.gz").write_bytes(packed)
+    cut(tmp_path / "cut.gz", len(packed) // 2)
     with pytest.raises(DatasetError, match="cut.gz.*gzip"):
         read_idx(tmp_path / "cut.gz")
     corrupt = bytearray(packed)
@@ -201,8 +208,7 @@ def test_cifar_missing_batch_is_an_error_not_a_short_dataset(tmp_path):
 def test_cifar_truncated_pickle_names_file(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
     write_cifar_py(root)
-    raw = (root / "data_batch_2").read_bytes()
-    (root / "data_batch_2").write_bytes(raw[: len(raw) // 2])
+    cut(root / "data_batch_2", (root / "data_batch_2").stat().st_size // 2)
     with pytest.raises(DatasetError, match="data_batch_2.*corrupt or truncated"):
         CIFAR10(root)
 
@@ -222,8 +228,7 @@ def test_cifar_foreign_pickle_content_names_file(tmp_path):
 def test_cifar_binary_wrong_size_names_file(tmp_path):
     root = tmp_path / "cifar-10-batches-bin"
     write_cifar_bin(root)
-    raw = (root / "data_batch_5.bin").read_bytes()
-    (root / "data_batch_5.bin").write_bytes(raw[:-100])
+    cut(root / "data_batch_5.bin", -100)
     with pytest.raises(DatasetError, match="data_batch_5.bin.*3073-byte"):
         CIFAR10(root)
 
@@ -329,8 +334,7 @@ def test_image_folder_resizes_and_requires_size_for_mixed_sizes(tmp_path):
 def test_image_folder_corrupt_or_truncated_file_names_it(tmp_path, ext):
     write_folder(tmp_path, ext, size=(16, 16))
     victim = tmp_path / "b_cat" / f"01.{ext}"
-    raw = victim.read_bytes()
-    victim.write_bytes(raw[: len(raw) // 2])
+    cut(victim, victim.stat().st_size // 2)
     with pytest.raises(DatasetError, match=f"01.{ext}"):
         ImageFolder(tmp_path, cache=False)
     victim.write_bytes(b"\x00garbage" * 10)
