@@ -323,7 +323,8 @@ def test_presets_have_the_documented_parts():
 def test_presets_keep_shape_dtype_and_sizes():
     x = images(n=8, h=32, w=32)
     for tfm in (A.transforms_basic(), A.transforms_side_on(), A.transforms_top_down(),
-                A.aug_transforms(), A.aug_transforms(flip_vert=True), A.cifar_transforms(cutout=16)):
+                A.aug_transforms(), A.aug_transforms(flip_vert=True),
+                A.cifar_transforms(cutout=16)):
         out = tfm(x, gen())
         assert out.shape == x.shape and out.dtype == np.uint8
     assert A.aug_transforms(size=20)(x, gen()).shape == (8, 20, 20, 3)

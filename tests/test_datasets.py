@@ -387,7 +387,8 @@ def test_image_folder_ignores_a_corrupt_cache(tmp_path):
 
 def small_dataset(n=50):
     images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
-    return ArrayDataset(images, np.arange(n) % 3, ["a", "b", "c"], files=[f"f{i}" for i in range(n)])
+    files = [f"f{i}" for i in range(n)]
+    return ArrayDataset(images, np.arange(n) % 3, ["a", "b", "c"], files=files)
 
 
 def test_split_partitions_deterministically():

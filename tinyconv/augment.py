@@ -680,7 +680,8 @@ class Compose:
 
 def transforms_basic(max_rotate=10.0, b=0.05, c=0.05, max_zoom=None, pad_mode="reflection"):
     """fastai 0.7 transforms_basic: rotate +-10 degrees (p 0.75), lighting(b=0.05, c=0.05).
-    max_zoom (e.g. 1.1, as tfms_from_model(..., max_zoom=1.1)) adds a zoom U(1, max_zoom), p 0.75."""
+    max_zoom (e.g. 1.1, as in tfms_from_model(..., max_zoom=1.1)) adds a zoom U(1, max_zoom),
+    p 0.75."""
     tfms = [Rotate(max_rotate, p=0.75)]
     if max_zoom is not None and max_zoom > 1:
         tfms.append(Zoom(max_zoom, p=0.75))

@@ -69,8 +69,8 @@ class ArrayDataset:
             raise ValueError(f"ArrayDataset: labels must be integers, got dtype {labels.dtype}")
         classes = [str(c) for c in classes]
         if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
-            raise ValueError(f"ArrayDataset: labels span [{labels.min()}, {labels.max()}] but there "
-                             f"are {len(classes)} classes")
+            raise ValueError(f"ArrayDataset: labels span [{labels.min()}, {labels.max()}] but "
+                             f"there are {len(classes)} classes")
         if files is not None and len(files) != images.shape[0]:
             raise ValueError(f"ArrayDataset: {len(files)} files for {images.shape[0]} images")
         self.images = images
@@ -132,7 +132,7 @@ def _read_bytes(path):
 # MNIST (IDX files)
 # --------------------------------------------------------------------------------------------------
 
-# IDX header: 2 zero bytes, a type code, the number of dimensions; then one big-endian int32 per dim.
+# IDX header: 2 zero bytes, a type code, the number of dimensions; then a big-endian int32 per dim.
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
