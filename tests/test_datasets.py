@@ -268,6 +268,16 @@ def test_restricted_unpickler_refuses_other_globals(tmp_path, func, name):
     assert not marker.exists()
 
 
+def test_restricted_unpickler_allows_codecs_encode_only_for_latin1(tmp_path):
+    import codecs
+    root = tmp_path / "cifar-10-batches-py"
+    write_cifar_py(root)
+    payload = {"data": _Evil(codecs.encode, ("abc", "rot13")), "labels": [0]}
+    (root / "data_batch_1").write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(UnsafePickleError, match="rot13"):
+        CIFAR10(root)
+
+
 # --- image folders --------------------------------------------------------------------------------
 
 def write_folder(root, ext, n_per_class=3, size=(6, 5), mode="RGB", seed=0):

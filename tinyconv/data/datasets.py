@@ -211,6 +211,14 @@ def _numpy_core():
     return getattr(np, "_core", None) or np.core     # NumPy 2 renamed numpy.core to numpy._core
 
 
+def _bytes_from_latin1(text, encoding="latin1"):
+    """What protocol 2 calls as _codecs.encode(text, 'latin1') to spell bytes; nothing else."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, "
+                                     f"{encoding!r}): only latin1 text is expected")
+    return text.encode("latin1")
+
+
 _CORE = _numpy_core()
 # The only globals a CIFAR pickle names (written by Python 2 cPickle, or re-saved by Python 3 with
 # any protocol): how to rebuild an ndarray and its dtype, and how protocol 2 spells bytes.
@@ -221,7 +229,7 @@ _PICKLE_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"): _CORE.numeric._frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): __import__("codecs").encode,
+    ("_codecs", "encode"): _bytes_from_latin1,
 }
 
 
