@@ -244,25 +244,24 @@ class RestrictedUnpickler(pickle.Unpickler):
     other name makes loading a downloaded CIFAR batch as safe as reading an array.
     """
 
-    def __init__(self, file, path="<pickle>"):
+    def __init__(self, file):
         super().__init__(file, encoding="latin1")   # latin1: Python 2 str -> str, arrays intact
-        self.path = path
 
     def find_class(self, module, name):
         try:
             return _PICKLE_GLOBALS[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self.path}: refusing to load global '{module}.{name}' (only the NumPy array "
-                f"globals of a CIFAR batch are allowed)") from None
+                f"refusing to load global '{module}.{name}' (only the NumPy array globals of a "
+                f"CIFAR batch are allowed)") from None
 
 
 def _load_pickle(path):
     data = _read_bytes(path)
     try:
-        return RestrictedUnpickler(io.BytesIO(data), path).load()
-    except UnsafePickleError:
-        raise
+        return RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
     except pickle.UnpicklingError as e:
         raise DatasetError(f"{path}: corrupt or truncated pickle ({e})") from e
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
