@@ -7,10 +7,15 @@ import numpy as np
 from ..ops import elementwise as ew
 from ..ops import loss as ls
 from ..ops import matmul as mm
+# convolution, pooling, batch norm and dropout are documented where they are defined
+from ..ops.conv import conv2d
+from ..ops.norm import batch_norm, dropout
+from ..ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from ..tensor import Tensor
 
 __all__ = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax",
-           "cross_entropy", "nll_loss", "mse_loss"]
+           "cross_entropy", "nll_loss", "mse_loss", "conv2d", "max_pool2d", "avg_pool2d",
+           "adaptive_avg_pool2d", "adaptive_max_pool2d", "batch_norm", "dropout"]
 
 
 def linear(x, weight, bias=None):
