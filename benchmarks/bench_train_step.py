@@ -108,8 +108,9 @@ def worker(framework, net_name, steps, warmup, threads):
 def _run_worker(framework, net_name, steps, warmup, threads):
     env = dict(os.environ, TINYCONV_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                NUMBA_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", framework, "--nets", net_name,
-           "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
+    cmd = [sys.executable, "-X", "faulthandler", __file__, "--worker", framework,
+           "--nets", net_name, "--steps", str(steps), "--warmup", str(warmup),
+           "--threads", str(threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} worker for {net_name} failed:\n{out.stderr}")
