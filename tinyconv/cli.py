@@ -1,0 +1,537 @@
+"""The `tinyconv` command: train, lr-find, evaluate, predict, show-aug, plot-schedule.
+
+    tinyconv train                              # mnist_cnn on the bundled MNIST: LR finder, one-cycle
+    tinyconv train --data pets/ --arch resnet9 --aug side_on --epochs 10 --tta
+    tinyconv evaluate runs/<stamp>/model.npz --data mnist --json
+
+Bad arguments and bad data end in one line on stderr and exit code 2 (no traceback; --debug shows
+one). Everything a run makes goes into --out: the model file, the pictures, metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant")
+AUGS = ("auto", "none", "shift", "basic", "side_on", "top_down", "cifar")
+ARCHS = ("auto", "mnist_cnn", "resnet9")
+
+
+class UsageError(Exception):
+    """A problem with the command's arguments or data: printed as one line, exit code 2."""
+
+
+# ---- data ----------------------------------------------------------------------------------------
+class DataSpec:
+    """What `--data` resolved to: datasets, where they came from, and a name for the report."""
+
+    def __init__(self, kind, train, valid, test, classes):
+        self.kind, self.train, self.valid, self.test, self.classes = kind, train, valid, test, classes
+
+
+def detect_data(spec: str, valid_pct: float, seed: int, size=None) -> DataSpec:
+    """Resolve `--data`: "mnist" (bundled), an MNIST IDX folder, a cifar-10-batches-py folder, or
+    an image folder (PATH/<class>/*, or PATH/train/<class> with PATH/valid|test/<class>)."""
+    from . import data
+
+    if spec == "mnist":
+        train, test = data.MNIST(train=True), data.MNIST(train=False)
+        return _with_valid("mnist", train, test, valid_pct, seed)
+    if not os.path.exists(spec):
+        raise UsageError(f"--data {spec}: no such file or folder")
+    if not os.path.isdir(spec):
+        raise UsageError(f"--data {spec}: expected a folder (an image folder, an MNIST IDX "
+                         f"folder or a cifar-10-batches-py folder), got a file")
+    names = set(os.listdir(spec))
+    if any(n.startswith("train-images-idx3-ubyte") for n in names):
+        return _with_valid("mnist", data.MNIST(spec, train=True), data.MNIST(spec, train=False),
+                           valid_pct, seed)
+    if "data_batch_1" in names or "data_batch_1.bin" in names:
+        return _with_valid("cifar10", data.CIFAR10(spec, train=True),
+                           data.CIFAR10(spec, train=False), valid_pct, seed)
+    held_out = next((n for n in ("valid", "test") if os.path.isdir(os.path.join(spec, n))), None)
+    if "train" in names and os.path.isdir(os.path.join(spec, "train")) and held_out:
+        train = data.ImageFolder(os.path.join(spec, "train"), size=size)
+        other = data.ImageFolder(os.path.join(spec, held_out), size=size)
+        if other.classes != train.classes:
+            raise UsageError(f"--data {spec}: train/ has classes {train.classes} but "
+                             f"{held_out}/ has {other.classes}")
+        if held_out == "test":
+            return _with_valid("folder", train, other, valid_pct, seed)
+        return DataSpec("folder", train, other, None, train.classes)
+    folder = data.ImageFolder(spec, size=size)
+    train, valid = data.split(folder, valid_pct=valid_pct or 0.2, seed=seed)
+    return DataSpec("folder", train, valid, None, folder.classes)
+
+
+def _with_valid(kind, train, test, valid_pct, seed) -> DataSpec:
+    """With --valid-pct, hold out part of train for validation; else validate on the test split."""
+    if valid_pct and valid_pct > 0:
+        from . import data
+        train, valid = data.split(train, valid_pct=valid_pct, seed=seed)
+        return DataSpec(kind, train, valid, test, train.classes)
+    return DataSpec(kind, train, test, None, train.classes)
+
+
+def augmentation(name: str, kind: str, image_size: int):
+    """The training transform for `--aug`; "auto" picks 2-pixel shifts for MNIST-like grey
+    digits, the classic pad-4 crop + flip for CIFAR, and fastai's side-on preset for photos."""
+    from . import augment as A
+
+    if name == "auto":
+        name = {"mnist": "shift", "cifar10": "cifar"}.get(kind, "side_on")
+    if name == "none":
+        return None
+    if name == "shift":
+        return A.Compose([A.RandomCrop(image_size, padding=2, pad_mode="zeros")])
+    if name == "cifar":
+        return A.cifar_transforms(size=image_size)
+    presets = {"basic": A.transforms_basic, "side_on": A.transforms_side_on,
+               "top_down": A.transforms_top_down}
+    return presets[name]()
+
+
+def build_model(arch: str, width: int, num_classes: int, image_shape: tuple, seed: int):
+    """The model for `--arch`, checked against one image of the data (H, W, C)."""
+    from . import models, nn
+    from .autograd import no_grad
+    from .tensor import Tensor
+
+    H, W, C = image_shape
+    if arch == "auto":
+        arch = "mnist_cnn" if (C, H, W) == (1, 28, 28) else "resnet9"
+    rng = np.random.default_rng(seed)
+    if arch == "mnist_cnn":
+        model = models.mnist_cnn(num_classes=num_classes, rng=rng)
+    else:
+        model = models.resnet9(num_classes=num_classes, width=width, rng=rng)
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    if first_conv.in_channels != C:
+        raise UsageError(f"--arch {arch} takes images with {first_conv.in_channels} channel(s); "
+                         f"the data has {C} (images {H}x{W}x{C})")
+    try:
+        with no_grad():
+            model.eval()
+            model(Tensor(np.zeros((1, C, H, W), dtype=np.float32)))
+    except ValueError as error:
+        raise UsageError(f"--arch {arch} does not fit images of {H}x{W}x{C}: {error}") from None
+    return arch, model
+
+
+# ---- train ---------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    import tinyconv as tc
+    from . import plot
+    from .learner import Learner
+    from .metrics import accuracy
+
+    started = time.time()
+    out = _out_dir(args.out)
+    rng = np.random.default_rng(args.seed)
+    ds = detect_data(args.data, args.valid_pct, args.seed, size=args.size)
+    image_shape = ds.train.images.shape[1:]
+    arch, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed)
+    transform = augmentation(args.aug, ds.kind, image_shape[0])
+    train_dl, valid_dl, stats = make_loaders(ds.train, ds.valid, args.batch_size, transform, rng)
+    opt_func = partial(tc.optim.SGD, momentum=0.9, nesterov=args.nesterov)
+    learn = Learner(model, train_dl, valid_dl, opt_func=opt_func, metrics=[accuracy],
+                    seed=args.seed, wd=args.wd, silent=args.quiet,
+                    loss_func=partial(tc.nn.functional.cross_entropy,
+                                      label_smoothing=args.label_smoothing))
+    _say(args, f"data: {args.data} ({ds.kind}), {len(ds.train)} training / {len(ds.valid)} "
+               f"validation images of {image_shape}, {len(ds.classes)} classes; model: {arch} "
+               f"({model.num_parameters():,} parameters)")
+    lr = _choose_lr(args, learn, out)
+    _fit(args, learn, lr)
+    learn.recorder.plot_loss().savefig(os.path.join(out, "losses.png"))
+    learn.recorder.plot_sched().savefig(os.path.join(out, "schedule.png"))
+
+    eval_ds, eval_name = (ds.test, "test") if ds.test is not None else (ds.valid, "valid")
+    eval_dl = make_loader(eval_ds, args.batch_size, None, stats, shuffle=False)
+    probs, targets = learn.get_preds(eval_dl)
+    metrics = {f"{eval_name}_accuracy": float((probs.argmax(1) == targets).mean())}
+    if args.tta:
+        tta_probs, _ = learn.tta(eval_dl)
+        metrics[f"{eval_name}_accuracy_tta"] = float((tta_probs.argmax(1) == targets).mean())
+    interp_fig = plot.plot_confusion_matrix(_confusion(probs.argmax(1), targets, len(ds.classes)),
+                                            ds.classes)
+    interp_fig.savefig(os.path.join(out, "confusion.png"))
+    model_path = tc.save(model, os.path.join(out, "model.npz"), classes=ds.classes,
+                         mean=stats[0].tolist(), std=stats[1].tolist(),
+                         image_shape=list(image_shape))
+    metrics.update(seconds=round(time.time() - started, 1), lr=lr, epochs=args.epochs,
+                   policy=args.policy, arch=arch, data=args.data, model=model_path)
+    _write_json(os.path.join(out, "metrics.json"), metrics)
+    for key, value in metrics.items():
+        if key.endswith("accuracy") or key.endswith("_tta"):
+            print(f"{key}: {value:.4f}")
+    print(f"wrote {out}/ (model.npz, lr_find.png, losses.png, schedule.png, confusion.png, "
+          f"metrics.json) in {metrics['seconds']:.0f} s")
+    return 0
+
+
+def _choose_lr(args, learn, out) -> float:
+    """A number from --lr, or the LR finder's valley suggestion for --lr auto."""
+    if args.lr != "auto":
+        return _positive_float("--lr", args.lr)
+    suggestions = learn.lr_find()
+    learn.recorder.plot_lr_find(suggestions).savefig(os.path.join(out, "lr_find.png"))
+    lr = float(suggestions.valley)
+    _say(args, "lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in suggestions._asdict().items())
+         + f" -> lr {lr:.2e} (valley)")
+    return lr
+
+
+def _fit(args, learn, lr: float) -> None:
+    if args.policy == "one_cycle":
+        learn.fit_one_cycle(args.epochs, lr)
+    elif args.policy == "sgdr":
+        learn.fit_sgdr(args.epochs, args.cycle_len, lr, cycle_mult=args.cycle_mult)
+    elif args.policy == "cyclic":
+        steps = len(learn.train_dl)
+        learn.fit_cyclic(args.epochs, lr / 10, lr, step_size=max(1, steps // 2))
+    elif args.policy == "flat_cos":
+        learn.fit_flat_cos(args.epochs, lr)
+    else:
+        learn.fit(args.epochs, lr)
+
+
+def make_loaders(train, valid, batch_size, transform, rng):
+    """Training loader (shuffled, augmented, stats from the training images) and validation one."""
+    stats = _stats(train)
+    train_dl = make_loader(train, batch_size, transform, stats, shuffle=True, rng=rng)
+    valid_dl = make_loader(valid, batch_size * 2, None, stats, shuffle=False)
+    return train_dl, valid_dl, stats
+
+
+def _stats(ds) -> tuple:
+    """Per-channel (mean, std) of a dataset's images on the [0, 1] scale."""
+    from .augment import channel_stats
+    return channel_stats(ds.images)
+
+
+def make_loader(ds, batch_size, transform, stats, shuffle, rng=None):
+    from .data import DataLoader
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                      transform=transform, rng=rng, mean=stats[0], std=stats[1])
+
+
+def _confusion(pred, target, k) -> np.ndarray:
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (target, pred), 1)
+    return cm
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _out_dir(out) -> str:
+    out = out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def _write_json(path: str, obj) -> None:
+    """Atomic: a crash mid-write leaves the old file (or none), never half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _positive_float(name: str, text) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{name}: expected a number, got {text!r}") from None
+    if not value > 0:
+        raise UsageError(f"{name}: must be positive, got {text}")
+    return value
+
+
+def _say(args, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, flush=True)
+
+
+# ---- lr-find, evaluate, predict, show-aug, plot-schedule ----------------------------------------
+def cmd_lr_find(args) -> int:
+    from .learner import Learner
+    from .metrics import accuracy
+
+    out = _out_dir(args.out)
+    rng = np.random.default_rng(args.seed)
+    ds = detect_data(args.data, args.valid_pct, args.seed, size=args.size)
+    image_shape = ds.train.images.shape[1:]
+    _, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed)
+    transform = augmentation(args.aug, ds.kind, image_shape[0])
+    train_dl, valid_dl, _ = make_loaders(ds.train, ds.valid, args.batch_size, transform, rng)
+    learn = Learner(model, train_dl, valid_dl, metrics=[accuracy], seed=args.seed, wd=args.wd,
+                    silent=args.quiet)
+    suggestions = learn.lr_find(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
+    path = os.path.join(out, "lr_find.png")
+    learn.recorder.plot_lr_find(suggestions).savefig(path)
+    for name, value in suggestions._asdict().items():
+        print(f"{name:>8}: {value:.3e}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _load_model(path: str):
+    import tinyconv as tc
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such model file")
+    model = tc.load(path)
+    meta = tc.serialize.read_model_file(path)[1]
+    return model, meta
+
+
+def cmd_evaluate(args) -> int:
+    from .learner import Learner
+
+    model, meta = _load_model(args.model)
+    ds = detect_data(args.data, 0.0, args.seed, size=args.size)
+    eval_ds = ds.test if ds.test is not None else ds.valid
+    classes = meta.get("classes") or ds.classes
+    if list(classes) != list(ds.classes):
+        raise UsageError(f"{args.model} was trained on classes {classes}, --data {args.data} "
+                         f"has {ds.classes}")
+    _check_image_shape(meta, eval_ds.images.shape[1:], args.model, args.data)
+    stats = (np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32))
+    dl = make_loader(eval_ds, args.batch_size, None, stats, shuffle=False)
+    learn = Learner(model, dl, dl, silent=True, seed=args.seed)
+    if args.tta:
+        train_like = make_loader(eval_ds, args.batch_size, augmentation(args.aug, ds.kind,
+                                 eval_ds.images.shape[1]), stats, shuffle=False)
+        learn.train_dl = train_like
+        probs, targets = learn.tta(dl)
+    else:
+        probs, targets = learn.get_preds(dl)
+    pred = probs.argmax(1)
+    cm = _confusion(pred, targets, len(classes))
+    per_class = {c: float(cm[i, i] / max(cm[i].sum(), 1)) for i, c in enumerate(classes)}
+    result = {"accuracy": float((pred == targets).mean()), "n": int(len(targets)),
+              "tta": bool(args.tta), "per_class_accuracy": per_class,
+              "confusion_matrix": cm.tolist(), "classes": list(classes)}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"accuracy: {result['accuracy']:.4f} on {result['n']} images"
+          f"{' (with TTA)' if args.tta else ''}")
+    width = max(len(str(c)) for c in classes)
+    for c, acc in per_class.items():
+        print(f"  {str(c):>{width}}: {acc:.4f}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    print(cm)
+    return 0
+
+
+def _check_image_shape(meta, shape, model_path, where) -> None:
+    expected = meta.get("image_shape")
+    if expected is not None and tuple(expected) != tuple(shape):
+        raise UsageError(f"{model_path} takes images of {tuple(expected)} (H, W, C); {where} has "
+                         f"{tuple(shape)}")
+
+
+def cmd_predict(args) -> int:
+    from PIL import Image, UnidentifiedImageError
+    from .autograd import no_grad
+    from .tensor import Tensor
+
+    model, meta = _load_model(args.model)
+    H, W, C = meta.get("image_shape", (None, None, None))
+    classes = meta.get("classes") or [str(i) for i in range(10)]
+    mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
+    model.eval()
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if C == 1 else "RGB")
+                if H is not None and im.size != (W, H):
+                    if not args.resize:
+                        raise UsageError(f"{path}: image is {im.size[1]}x{im.size[0]}, the model "
+                                         f"takes {H}x{W} (pass --resize to resize it)")
+                    im = im.resize((W, H), Image.BILINEAR)
+                x = np.asarray(im, dtype=np.float32).reshape(im.size[1], im.size[0], -1) / 255.0
+        except (UnidentifiedImageError, OSError) as error:
+            raise UsageError(f"{path}: not a readable image ({error})") from None
+        x = ((x - mean) / std).transpose(2, 0, 1)[None]
+        with no_grad():
+            logits = model(Tensor(np.ascontiguousarray(x, dtype=np.float32))).data[0]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = np.argsort(-p)[: args.top_k]
+        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.3f}" for i in top))
+    return 0
+
+
+def cmd_show_aug(args) -> int:
+    from .plot_data import plot_augmentations, show_batch
+
+    out = _out_dir(args.out)
+    ds = detect_data(args.data, 0.0, args.seed, size=args.size)
+    transform = augmentation(args.aug, ds.kind, ds.train.images.shape[1])
+    if transform is None:
+        raise UsageError("show-aug: --aug none shows nothing; pick a preset")
+    rng = np.random.default_rng(args.seed)
+    grid = os.path.join(out, "augmentations.png")
+    plot_augmentations(ds.train.images[args.index], transform, n=args.n, rng=rng, path=grid,
+                       title=f"--aug {args.aug}: variations of training image {args.index}")
+    batch = os.path.join(out, "batch.png")
+    dl = make_loader(ds.train, 16, transform, _stats(ds.train), shuffle=True, rng=rng)
+    show_batch(dl, path=batch, title=f"an augmented training batch (--aug {args.aug})")
+    print(f"wrote {grid} and {batch}")
+    return 0
+
+
+def cmd_plot_schedule(args) -> int:
+    from . import plot
+    from .learner import policy_scheds
+
+    out = _out_dir(args.out)
+    lr = _positive_float("--lr", args.lr)
+    kwargs = dict(cycle_len=args.cycle_len, cycle_mult=args.cycle_mult) \
+        if args.policy == "sgdr" else {}
+    path = os.path.join(out, "schedule.png")
+    plot.plot_schedule(args.policy, lr, n_epoch=args.epochs, n_iter=args.iters, **kwargs) \
+        .savefig(path)
+    scheds = policy_scheds(args.policy, n_epoch=args.epochs, n_iter=args.iters, lr=lr, **kwargs)
+    print(ascii_sketch(scheds["lr"], f"lr ({args.policy})"))
+    print(f"wrote {path}")
+    return 0
+
+
+def ascii_sketch(f, title: str, width: int = 60, height: int = 10) -> str:
+    """A schedule drawn in the terminal: `height` rows of `width` columns, pos 0 -> 1."""
+    values = np.array([float(np.max(f(i / (width - 1)))) for i in range(width)])
+    top = values.max() or 1.0
+    rows = np.round(values / top * (height - 1)).astype(int)
+    lines = [f"{title}, max {top:.3g}"]
+    for r in range(height - 1, -1, -1):
+        lines.append("|" + "".join("*" if rows[c] == r else " " for c in range(width)))
+    lines.append("+" + "-" * width + "> progress")
+    return "\n".join(lines)
+
+
+# ---- parser --------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _data_args(p, data_default="mnist"):
+    p.add_argument("--data", default=data_default,
+                   help="mnist (bundled), an image folder, an MNIST IDX folder or a "
+                        "cifar-10-batches-py folder (default: %(default)s)")
+    p.add_argument("--size", type=int, default=None,
+                   help="resize the images of an image folder to SIZE x SIZE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+
+
+def _model_args(p):
+    p.add_argument("--arch", choices=ARCHS, default="auto",
+                   help="auto: mnist_cnn for 28x28 grey images, else resnet9")
+    p.add_argument("--width", type=int, default=64, help="resnet9 width (32 = half)")
+    p.add_argument("--aug", choices=AUGS, default="auto")
+    p.add_argument("--valid-pct", type=float, default=0.0,
+                   help="hold out this fraction of train for validation (default: use the "
+                        "dataset's test split, or 0.2 of an image folder)")
+    p.add_argument("--wd", type=float, default=5e-4, help="weight decay")
+    p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tinyconv", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model (default: mnist_cnn on the bundled MNIST)")
+    _data_args(p)
+    _model_args(p)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", default="auto", help="a learning rate, or auto (the LR finder)")
+    p.add_argument("--policy", choices=POLICIES, default="one_cycle")
+    p.add_argument("--cycle-len", type=int, default=1, help="sgdr: epochs in the first cycle")
+    p.add_argument("--cycle-mult", type=int, default=2, help="sgdr: cycle length multiplier")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lr-find", help="run the LR finder and plot loss against lr")
+    _data_args(p)
+    _model_args(p)
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--num-it", type=int, default=100)
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+    p.add_argument("model")
+    _data_args(p)
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--aug", choices=AUGS, default="auto", help="the augmentation TTA uses")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k classes of images")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--resize", action="store_true", help="resize images to the model's size")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("show-aug", help="picture of augmented variations of one image")
+    _data_args(p)
+    p.add_argument("--aug", choices=AUGS, default="auto")
+    p.add_argument("--index", type=int, default=0, help="which training image")
+    p.add_argument("--n", type=int, default=8, help="variations")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_show_aug)
+
+    p = sub.add_parser("plot-schedule", help="preview a learning-rate policy (PNG + terminal)")
+    p.add_argument("--policy", choices=POLICIES, default="one_cycle")
+    p.add_argument("--lr", default="0.1")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--iters", type=int, default=100, help="batches per epoch")
+    p.add_argument("--cycle-len", type=int, default=1)
+    p.add_argument("--cycle-mult", type=int, default=2)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_plot_schedule)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of `tinyconv` and `python -m tinyconv`; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return args.func(args)
+    except UsageError as error:
+        if debug:
+            raise
+        print(f"tinyconv: error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as error:   # unreadable, corrupt or unsuitable data or model files
+        if debug:
+            raise
+        print(f"tinyconv: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinyconv: interrupted", file=sys.stderr)
+        return 130
