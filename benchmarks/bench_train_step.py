@@ -158,6 +158,135 @@ def profile(net_name, steps, warmup):
     print(f"  {'engine + Python (rest)':<28} {rest * 1e3:8.2f} ms  {100 * rest / total:5.1f} %")
 
 
+def profile_torch(net_name, steps, warmup, threads):
+    """The same breakdown for torch (torch.profiler, self CPU time per aten op), for comparison."""
+    import torch
+    torch.set_num_threads(threads)
+    step = _torch_step(net_name)
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    total = (time.perf_counter() - start) / steps
+    print(f"torch {net_name}: {total * 1e3:.1f} ms per step under the profiler "
+          f"(self CPU time per op; threads' time is summed, so rows can exceed wall time)")
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    for e in rows[:14]:
+        t = e.self_cpu_time_total / 1e6 / steps
+        print(f"  {e.key:<40} {t * 1e3:8.2f} ms")
+
+
+def _leaf_calls(model, x):
+    """[(module, input shape)] of every distinct leaf layer call in one forward pass."""
+    from tinyconv import nn
+    calls, seen = [], set()
+    original = nn.Module.__call__
+
+    def record(module, inp, *args, **kwargs):
+        key = (type(module).__name__, module.extra_repr(), inp.shape)
+        if not any(True for _ in module.children()) and key not in seen:
+            seen.add(key)
+            calls.append((module, inp.shape))
+        return original(module, inp, *args, **kwargs)
+    nn.Module.__call__ = record
+    try:
+        model(x)
+    finally:
+        nn.Module.__call__ = original
+    return calls
+
+
+def compare_ops(net_name, threads):
+    """Each distinct layer of the net at its real input shape, forward and backward, tinyconv
+    against the same torch layer; each framework in its own process (in one process their
+    thread pools fight over the two cores)."""
+    rows = {}
+    for framework in ("tinyconv", "torch"):
+        env = dict(os.environ, TINYCONV_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, __file__, "--ops-worker", framework, "--ops", net_name,
+               "--threads", str(threads)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"{framework} ops worker failed:\n{out.stderr}")
+        rows[framework] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{net_name}, batch {BATCH}: best of 5 calls, ms (ratio = tinyconv / torch)")
+    print(f"{'layer':<34}{'input':>20}{'fwd tc':>9}{'torch':>8}{'ratio':>7}"
+          f"{'bwd tc':>9}{'torch':>8}{'ratio':>7}")
+    for (label, in_shape, f_tc, b_tc), (_, _, f_t, b_t) in zip(rows["tinyconv"], rows["torch"]):
+        print(f"{label[:33]:<34}{str(tuple(in_shape)):>20}{f_tc * 1e3:>9.2f}{f_t * 1e3:>8.2f}"
+              f"{f_tc / f_t:>7.2f}{b_tc * 1e3:>9.2f}{b_t * 1e3:>8.2f}{b_tc / b_t:>7.2f}")
+
+
+def ops_worker(framework, net_name, threads, reps=5):
+    """Time each layer of the net (forward; backward alone), best of `reps`; print JSON rows."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT))
+    import tinyconv as tc
+    from tinyconv import models
+    args, shape = NETS[net_name]
+    model = models.mnist_cnn() if net_name == "mnist_cnn" else models.resnet9(**args)
+    calls = _leaf_calls(model, tc.Tensor(_batch(shape)[0]))   # the shapes, from tinyconv
+    if framework == "torch":
+        import torch
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for module, in_shape in calls:
+        if type(module).__name__ == "Flatten":
+            continue
+        x = rng.standard_normal(in_shape).astype(np.float32)
+        if framework == "torch":
+            twin = _torch_twin(torch, module)
+            fwd, bwd = zip(*[_time_torch(torch, twin, x) for _ in range(reps)])
+        else:
+            fwd, bwd = zip(*[_time_tc(tc, module, x) for _ in range(reps)])
+        rows.append((f"{type(module).__name__}({module.extra_repr()})", in_shape,
+                     min(fwd), min(bwd)))
+    print(json.dumps(rows))
+
+
+def _torch_twin(torch, module):
+    """The torch layer equal to a tinyconv leaf layer, with the same weights."""
+    tnn, kind = torch.nn, type(module).__name__
+    if kind == "Conv2d":
+        twin = tnn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                          module.stride, module.padding, module.dilation, module.groups,
+                          bias=module.bias is not None)
+    elif kind == "BatchNorm2d":
+        twin = tnn.BatchNorm2d(module.num_features)
+    elif kind == "Linear":
+        twin = tnn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    elif kind == "MaxPool2d":
+        twin = tnn.MaxPool2d(module.kernel_size, module.stride, module.padding)
+    elif kind == "ReLU":
+        twin = tnn.ReLU()
+    else:
+        raise ValueError(f"no torch twin for {kind}")
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in module.state_dict().items()})
+    return twin
+
+
+def _time_tc(tc, module, x):
+    import numpy as np
+    xt = tc.Tensor(x, requires_grad=True)
+    start = time.perf_counter()
+    y = module(xt)
+    mid = time.perf_counter()
+    y.backward(np.ones_like(y.data))
+    return mid - start, time.perf_counter() - mid
+
+
+def _time_torch(torch, module, x):
+    xt = torch.from_numpy(x).requires_grad_()
+    start = time.perf_counter()
+    y = module(xt)
+    mid = time.perf_counter()
+    y.backward(torch.ones_like(y))
+    return mid - start, time.perf_counter() - mid
+
+
 # ---- driver --------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -170,12 +299,25 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", choices=["tinyconv", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--ops-worker", choices=["tinyconv", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="NET", help="per-op breakdown of tinyconv's step")
+    parser.add_argument("--profile-torch", metavar="NET", help="per-op breakdown of torch's step")
+    parser.add_argument("--ops", metavar="NET", help="each layer of NET, tinyconv vs torch")
     args = parser.parse_args(argv)
     default_steps = {"mnist_cnn": 30, "resnet9_half": 10, "resnet9": 5}
     if args.worker:
         worker(args.worker, args.nets, args.steps or default_steps[args.nets], args.warmup,
                args.threads)
+        return
+    if args.ops_worker:
+        ops_worker(args.ops_worker, args.ops, args.threads)
+        return
+    if args.ops:
+        compare_ops(args.ops, args.threads)
+        return
+    if args.profile_torch:
+        profile_torch(args.profile_torch, args.steps or default_steps[args.profile_torch],
+                      args.warmup, args.threads)
         return
     if args.profile:
         os.environ.setdefault("TINYCONV_NUM_THREADS", str(args.threads))
