@@ -1,9 +1,11 @@
 """The NumPy reference kernels and their Numba twins agree, on one table of cases.
 
 Data movement (im2col, col2im, max pooling) must agree exactly in float64; arithmetic whose
-summation order differs (the GEMMs, means, batch-norm sums) to rounding. Every case runs through
-each code path of the Numba convolution: the default choice, GEMM on one-row tiles, GEMM on
-several-image tiles, and the direct loops, so a slip in any tiling shows up.
+summation order differs (the GEMMs, means, batch-norm sums, Winograd's transforms) to rounding.
+Every case runs through each code path of the Numba convolution: the default choice, im2col +
+GEMM on one-row tiles and on several-image tiles, the direct loops, and Winograd (where it
+applies: 3x3, stride 1) on one-tile-row blocks and on several-image chunks, so a slip in any
+tiling shows up.
 """
 import numpy as np
 import pytest
@@ -26,9 +28,12 @@ CONV_CASES = [
     (3, 16, 12, 10, 8, 3, 2, (2, 2), (2, 1), (2, 1), 1),
     (2, 12, 8, 11, 6, 5, 3, (1, 1), (2, 1), (1, 1), 3),      # "same" padding, groups=3
     (2, 10, 6, 7, 4, 3, 3, (1, 1), (2, 2), (2, 2), 1),       # "same" with dilation 2
+    (2, 8, 7, 6, 5, 3, 3, (1, 1), (0, 0), (1, 1), 1),        # Winograd: no padding, odd OH
+    (1, 9, 5, 8, 4, 3, 3, (1, 1), (2, 2), (1, 1), 1),        # Winograd: padding 2
+    (3, 8, 3, 3, 6, 3, 3, (1, 1), (1, 2), (1, 1), 1),        # Winograd: tiny, uneven padding
 ]
 DTYPES = [np.float64, np.float32]
-PATHS = ["default", "gemm-rows", "gemm-images", "direct"]
+PATHS = ["default", "gemm-rows", "gemm-images", "direct", "winograd-rows", "winograd-images"]
 
 
 def _tol(dtype):
@@ -38,7 +43,17 @@ def _tol(dtype):
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
     """Force one code path of the Numba convolution."""
-    if request.param == "gemm-rows":          # one output row per tile
+    if request.param != "default":
+        monkeypatch.setattr(nb, "WINOGRAD", request.param.startswith("winograd"))
+    if request.param.startswith("winograd"):
+        monkeypatch.setattr(nb, "DIRECT_MAX_TAPS", 0)
+        monkeypatch.setattr(nb, "WINOGRAD_MIN_CHANNELS", 1)
+    if request.param == "winograd-rows":      # one tile row (two output rows) per block
+        monkeypatch.setattr(nb, "TRANSFORM_BYTES", 1)
+    elif request.param == "winograd-images":  # several whole images per chunk, one thread
+        monkeypatch.setattr(nb, "TRANSFORM_BYTES", 1 << 30)
+        monkeypatch.setenv("TINYCONV_NUM_THREADS", "1")
+    elif request.param == "gemm-rows":        # one output row per tile
         monkeypatch.setattr(nb, "DIRECT_MAX_TAPS", 0)
         monkeypatch.setattr(nb, "COLS_BYTES_FORWARD", 1)
         monkeypatch.setattr(nb, "COLS_BYTES_BACKWARD", 1)

@@ -290,6 +290,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     N, C_out, C_g, KH, KW, OH, OW = _conv_shapes(x, weight, stride, padding, dilation)
     if C_g * KH * KW <= DIRECT_MAX_TAPS:
         return _direct_forward(x, weight, bias, stride, padding, dilation, groups)
+    if _winograd_applies(x.shape[1], weight.shape, stride, dilation, groups):
+        return _winograd_forward(x, weight, bias, padding)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     G, K, C_og = groups, C_g * KH * KW, C_out // groups
     w = weight.reshape(G, C_og, K)
@@ -327,6 +329,8 @@ def conv2d_backward(dy, x, weight, stride, padding, dilation, groups, need_dx=Tr
     if C_g * KH * KW <= DIRECT_MAX_TAPS:
         return _direct_backward(dy, x, weight, stride, padding, dilation, groups, need_dx,
                                 need_dw)
+    if _winograd_applies(x.shape[1], weight.shape, stride, dilation, groups):
+        return _winograd_backward(dy, x, weight, padding, need_dx, need_dw)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     G, K, C_og, P = groups, C_g * KH * KW, C_out // groups, OH * OW
     w = weight.reshape(G, C_og, K)
@@ -366,6 +370,360 @@ def conv2d_backward(dy, x, weight, stride, padding, dilation, groups, need_dx=Tr
     dweight = None
     if need_dw:
         dweight = sum(dw_parts.values()).reshape(weight.shape)
+    return dx, dweight
+
+
+# ---- Winograd F(2x2, 3x3): the same convolution with 2.25x fewer multiplications -----------------
+# Lavin & Gray (2016). A 3x3 stride-1 convolution computes each 2x2 block of outputs (a "tile")
+# from a 4x4 block of input. Transform the input block (V = B^T d B) and the filter (U = G g G^T)
+# to 4x4, multiply them elementwise, transform back (Y = A^T (U . V) A): 16 multiplications per
+# tile and channel pair instead of 36. Summed over the input channels, each of the 16 positions
+# xi of the 4x4 becomes a matrix product, so the heavy work is still BLAS:
+#
+#     M[xi] (C_out, tiles) = U[xi] (C_out, C) @ V[xi] (C, tiles)          for xi = 4a + b
+#
+# The backward uses the same transforms (linear maps; their adjoints are the transposes):
+#     Dy = A dY A^T;   dx tiles = B (U[xi]^T @ Dy[xi]) B^T, overlapping;   dW = G^T (sum Dy V^T) G
+# Every 2-D transform applies a 1-D one to the rows, then to the columns (see _bt, _at, _a, _b).
+#
+# Layout: tiles are numbered th*K + tw with K = TW + 1 ("wide" rows: the last tile of each row is
+# junk, computed and dropped). Then the 4x4 block of tile j is found at fixed offsets from j in the
+# input's four polyphase planes P[p, q][i*K + k] = x_padded[2i + p, 2k + q], and every transform
+# step is one long vectorisable loop over all tiles of a channel instead of many short ones.
+
+WINOGRAD = True                  # use Winograd where it applies (3x3, stride 1, no dilation/groups)
+WINOGRAD_MIN_CHANNELS = 8        # below this, the transforms cost more than the products save
+TRANSFORM_BYTES = 2 << 20        # a Winograd chunk's transformed input (16 x C x tiles)
+
+
+def _winograd_applies(C, weight_shape, stride, dilation, groups):
+    return (WINOGRAD and groups == 1 and weight_shape[2:] == (3, 3) and stride == (1, 1)
+            and dilation == (1, 1) and C >= WINOGRAD_MIN_CHANNELS)
+
+
+# (Outputs are passed as separate 1-D rows: a row of a 2-D slice would have unknown strides for
+# Numba, and its loop would not be vectorised.)
+
+@_inline
+def _bt(o0, o1, o2, o3, d0, d1, d2, d3):
+    """o0..o3 = B^T [d0, d1, d2, d3] elementwise = [d0 - d2, d1 + d2, d2 - d1, d1 - d3]."""
+    for j in range(o0.size):
+        o0[j] = d0[j] - d2[j]
+        o1[j] = d1[j] + d2[j]
+        o2[j] = d2[j] - d1[j]
+        o3[j] = d1[j] - d3[j]
+
+
+@_inline
+def _at(o0, o1, m0, m1, m2, m3):
+    """o0, o1 = A^T [m0, m1, m2, m3] elementwise = [m0 + m1 + m2, m1 - m2 - m3]."""
+    for j in range(o0.size):
+        o0[j] = m0[j] + m1[j] + m2[j]
+        o1[j] = m1[j] - m2[j] - m3[j]
+
+
+@_inline
+def _a(o0, o1, o2, o3, y0, y1):
+    """o0..o3 = A [y0, y1] elementwise = [y0, y0 + y1, y0 - y1, -y1] (the adjoint of A^T)."""
+    for j in range(o0.size):
+        o0[j] = y0[j]
+        o1[j] = y0[j] + y1[j]
+        o2[j] = y0[j] - y1[j]
+        o3[j] = -y1[j]
+
+
+@_inline
+def _b(o0, o1, o2, o3, q0, q1, q2, q3):
+    """o0..o3 = B [q0, .., q3] elementwise = [q0, q1 - q2 + q3, q1 + q2 - q0, -q3]."""
+    for j in range(o0.size):
+        o0[j] = q0[j]
+        o1[j] = q1[j] - q2[j] + q3[j]
+        o2[j] = q1[j] + q2[j] - q0[j]
+        o3[j] = -q3[j]
+
+
+@_inline
+def _split_row(even, odd, src, offset):
+    """even[k] = src[2k + offset], odd[k] = src[2k + 1 + offset] where that is inside src."""
+    lo, hi = _valid_range(offset, 2, src.size, even.size)
+    e, s = even[lo:hi], src[2 * lo + offset:]
+    for j in range(e.size):
+        e[j] = s[2 * j]
+    lo, hi = _valid_range(offset + 1, 2, src.size, odd.size)
+    o, s = odd[lo:hi], src[2 * lo + offset + 1:]
+    for j in range(o.size):
+        o[j] = s[2 * j]
+
+
+@_jit
+def _wino_weight(g, U, o0, o1):
+    """U (16, C_out, C) <- G g G^T for output channels o0..o1 of g (C_out, C, 3, 3)."""
+    for o in range(o0, o1):
+        for c in range(g.shape[1]):
+            k = g[o, c]
+            t = np.empty((4, 3))                      # G g: combine the filter's rows
+            for j in range(3):
+                t[0, j] = k[0, j]
+                t[1, j] = 0.5 * (k[0, j] + k[1, j] + k[2, j])
+                t[2, j] = 0.5 * (k[0, j] - k[1, j] + k[2, j])
+                t[3, j] = k[2, j]
+            for a in range(4):                        # (G g) G^T: the same along the columns
+                U[4 * a + 0, o, c] = t[a, 0]
+                U[4 * a + 1, o, c] = 0.5 * (t[a, 0] + t[a, 1] + t[a, 2])
+                U[4 * a + 2, o, c] = 0.5 * (t[a, 0] - t[a, 1] + t[a, 2])
+                U[4 * a + 3, o, c] = t[a, 2]
+
+
+@_jit
+def _wino_weight_grad(Z, dw, o0, o1):
+    """dw (C_out, C, 3, 3) <- G^T z G for output channels o0..o1 of Z (16, C_out, C)."""
+    for o in range(o0, o1):
+        for c in range(Z.shape[2]):
+            t = np.empty((3, 4))                      # G^T z on the rows (4 -> 3)
+            for b in range(4):
+                z0, z1, z2, z3 = Z[b, o, c], Z[4 + b, o, c], Z[8 + b, o, c], Z[12 + b, o, c]
+                t[0, b] = z0 + 0.5 * (z1 + z2)
+                t[1, b] = 0.5 * (z1 - z2)
+                t[2, b] = 0.5 * (z1 + z2) + z3
+            for i in range(3):                        # then on the columns
+                dw[o, c, i, 0] = t[i, 0] + 0.5 * (t[i, 1] + t[i, 2])
+                dw[o, c, i, 1] = 0.5 * (t[i, 1] - t[i, 2])
+                dw[o, c, i, 2] = 0.5 * (t[i, 1] + t[i, 2]) + t[i, 3]
+
+
+@_jit
+def _wino_input(x, V, n0, n1, th0, th1, ph, pw, P, Rw):
+    """V (16, C, (n1-n0)*R*K) <- B^T d B for every tile of tile rows th0..th1 (R of them) of
+    images n0..n1; tile (th, tw) reads the input block at rows 2th - ph, columns 2tw - pw.
+
+    Scratch: P (2, 2, (R+2)*K), the block's input rows in polyphase (zero outside the image);
+    Rw (2, 4, R*K + 1), B^T applied along the rows, per column phase.
+    """
+    C, H = x.shape[1], x.shape[2]
+    R = th1 - th0
+    K = P.shape[2] // (R + 2)
+    L = R * K
+    _zero(P.reshape(P.size))            # what lies outside the image stays zero for every plane
+    for i in range(n1 - n0):
+        for c in range(C):
+            src = x[n0 + i, c]
+            for r in range(R + 2):
+                for p in range(2):
+                    ih = 2 * (th0 + r) + p - ph
+                    if 0 <= ih < H:
+                        _split_row(P[p, 0, r * K:(r + 1) * K], P[p, 1, r * K:(r + 1) * K],
+                                   src[ih], -pw)
+            for q in range(2):         # rows: d_r is plane (r % 2, q) shifted by r // 2 rows
+                _bt(Rw[q, 0], Rw[q, 1], Rw[q, 2], Rw[q, 3], P[0, q, :L + 1], P[1, q, :L + 1],
+                    P[0, q, K:K + L + 1], P[1, q, K:K + L + 1])
+            e = i * L
+            for a in range(4):         # columns: d_s is Rw[s % 2, a] shifted by s // 2 tiles
+                _bt(V[4 * a, c, e:e + L], V[4 * a + 1, c, e:e + L], V[4 * a + 2, c, e:e + L],
+                    V[4 * a + 3, c, e:e + L], Rw[0, a, :L], Rw[1, a, :L], Rw[0, a, 1:L + 1],
+                    Rw[1, a, 1:L + 1])
+
+
+@_jit
+def _wino_output(M, y, bias, n0, n1, th0, th1, S, Yp):
+    """y[n0:n1] rows 2*th0..2*th1 <- A^T m A + bias for every tile of M (16, C_out, tiles).
+
+    Scratch: S (2, 4, L), A^T along the rows; Yp (2, 2, L), the output tiles in polyphase,
+    Yp[a, b][(th - th0)*K + tw] = y[2th + a, 2tw + b], then interleaved into y (junk dropped).
+    """
+    C_out, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    R = th1 - th0
+    L = S.shape[2]
+    K = L // R
+    for i in range(n1 - n0):
+        for co in range(C_out):
+            e = i * L
+            for b in range(4):
+                _at(S[0, b], S[1, b], M[b, co, e:e + L], M[4 + b, co, e:e + L],
+                    M[8 + b, co, e:e + L], M[12 + b, co, e:e + L])
+            for a in range(2):
+                _at(Yp[a, 0], Yp[a, 1], S[a, 0], S[a, 1], S[a, 2], S[a, 3])
+            bv = bias[co]
+            for th in range(th0, th1):
+                for a in range(2):
+                    oh = 2 * th + a
+                    if oh >= OH:
+                        continue
+                    row = y[n0 + i, co, oh]
+                    e = Yp[a, 0, (th - th0) * K:(th - th0 + 1) * K]
+                    o = Yp[a, 1, (th - th0) * K:(th - th0 + 1) * K]
+                    for tw in range(OW // 2):
+                        row[2 * tw] = e[tw] + bv
+                        row[2 * tw + 1] = o[tw] + bv
+                    if OW % 2:
+                        row[OW - 1] = e[OW // 2] + bv
+
+
+@_jit
+def _wino_dy(dy, D, n0, n1, th0, th1, Yd, E):
+    """D (16, C_out, tiles) <- A dY A^T for every 2x2 tile of dy (zero beyond the output's edge).
+
+    Scratch: Yd (2, 2, L), dy in polyphase; E (2, 4, L), A along the rows, per column phase.
+    """
+    C_out, OH = dy.shape[1], dy.shape[2]
+    R = th1 - th0
+    L = Yd.shape[2]
+    K = L // R
+    _zero(Yd.reshape(Yd.size))          # beyond the edges (and the junk tiles) stays zero
+    for i in range(n1 - n0):
+        for co in range(C_out):
+            for th in range(th0, th1):
+                for p in range(2):
+                    if 2 * th + p < OH:
+                        t = (th - th0) * K
+                        _split_row(Yd[p, 0, t:t + K], Yd[p, 1, t:t + K],
+                                   dy[n0 + i, co, 2 * th + p], 0)
+            for q in range(2):
+                _a(E[q, 0], E[q, 1], E[q, 2], E[q, 3], Yd[0, q], Yd[1, q])
+            e = i * L
+            for a in range(4):
+                _a(D[4 * a, co, e:e + L], D[4 * a + 1, co, e:e + L], D[4 * a + 2, co, e:e + L],
+                   D[4 * a + 3, co, e:e + L], E[0, a], E[1, a])
+
+
+@_jit
+def _wino_dx(Q, dxP, n0, n1, th0, th1, Wb, Z):
+    """dxP += B q B^T for every tile of Q (16, C, tiles): dxP (n1-n0, C, 2, 2, (TH+2)*K) holds
+    the padded input gradient of images n0..n1 in polyphase; neighbouring tiles' 4x4 blocks
+    overlap, so each position sums four shifted contributions.
+
+    Scratch: Wb (4, 4, L), B along the rows; Z (4, 4, L), then along the columns.
+    """
+    C = Q.shape[1]
+    R = th1 - th0
+    L = Wb.shape[2]
+    K = L // R
+    for i in range(n1 - n0):
+        for c in range(C):
+            e = i * L
+            for b in range(4):
+                _b(Wb[0, b], Wb[1, b], Wb[2, b], Wb[3, b], Q[b, c, e:e + L], Q[4 + b, c, e:e + L],
+                   Q[8 + b, c, e:e + L], Q[12 + b, c, e:e + L])
+            for r in range(4):
+                _b(Z[r, 0], Z[r, 1], Z[r, 2], Z[r, 3], Wb[r, 0], Wb[r, 1], Wb[r, 2], Wb[r, 3])
+            for r in range(4):         # block position (r, s) of tile j lands in plane
+                for s in range(4):     # (r % 2, s % 2) at j + (r // 2)*K + s // 2
+                    start = th0 * K + (r // 2) * K + s // 2
+                    _add(dxP[i, c, r % 2, s % 2, start:start + L], Z[r, s])
+
+
+@_jit
+def _wino_dx_finish(dxP, dx, n0, n1, ph, pw):
+    """dx[n0:n1] <- the polyphase planes, without the padding:
+    dx[ih, iw] = dxP[(ih + ph) % 2, (iw + pw) % 2][((ih + ph) // 2)*K + (iw + pw) // 2]."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    K = dxP.shape[4] // ((H + 2 * ph + 1) // 2 + 1)
+    first, k0 = pw % 2, pw // 2
+    for i in range(n1 - n0):
+        for c in range(C):
+            for ih in range(H):
+                p, start = (ih + ph) % 2, ((ih + ph) // 2) * K + k0
+                even = dxP[i, c, p, first, start:start + K]
+                odd = dxP[i, c, p, 1 - first, start + first:start + first + K]
+                row = dx[n0 + i, c, ih]
+                for j in range(W // 2):
+                    row[2 * j] = even[j]
+                    row[2 * j + 1] = odd[j]
+                if W % 2:
+                    row[W - 1] = even[W // 2]
+
+
+def _wino_chunks(N, TH, K, C, itemsize):
+    """[(n0, n1, [(th0, th1), ...])]: image ranges, each with its blocks of tile rows, such that a
+    block's transformed input (16 x C x tiles) fits in TRANSFORM_BYTES."""
+    tiles = max(K, TRANSFORM_BYTES // (16 * C * itemsize))
+    if TH * K <= tiles:
+        per = max(1, min(tiles // (TH * K), math.ceil(N / (2 * num_threads()))))
+        return [(n, min(n + per, N), [(0, TH)]) for n in range(0, N, per)]
+    rows = max(1, tiles // K)
+    return [(n, n + 1, [(t, min(t + rows, TH)) for t in range(0, TH, rows)]) for n in range(N)]
+
+
+def _wino_transform_weight(weight):
+    C_out = weight.shape[0]
+    U = np.empty((16, C_out, weight.shape[1]), dtype=weight.dtype)
+    n_tasks, span = _plane_tasks(C_out)
+    parallel_for(lambda t, worker: _wino_weight(weight, U, *span(t)), n_tasks)
+    return U
+
+
+def _wino_geometry(H, W, padding):
+    """(OH, OW, TH, TW, K): output size, tiles per column and row, wide row length."""
+    OH, OW = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
+    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    return OH, OW, TH, TW, TW + 1
+
+
+def _winograd_forward(x, weight, bias, padding):
+    N, C, H, W = x.shape
+    C_out = weight.shape[0]
+    OH, OW, TH, TW, K = _wino_geometry(H, W, padding)
+    U = _wino_transform_weight(weight)                          # (16, C_out, C)
+    b = np.zeros(C_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    y = np.empty((N, C_out, OH, OW), dtype=x.dtype)
+    tasks = [(n0, n1, t0, t1) for n0, n1, blocks in _wino_chunks(N, TH, K, C, x.itemsize)
+             for t0, t1 in blocks]
+
+    def task(t, worker):
+        n0, n1, th0, th1 = tasks[t]
+        L = (th1 - th0) * K
+        buf = lambda name, *shape: worker_buffer(worker, name, shape, x.dtype)  # noqa: E731
+        V, M = buf("wino_v", 16, C, (n1 - n0) * L), buf("wino_m", 16, C_out, (n1 - n0) * L)
+        _wino_input(x, V, n0, n1, th0, th1, *padding, buf("wino_p", 2, 2, (th1 - th0 + 2) * K),
+                    buf("wino_rw", 2, 4, L + 1))
+        np.matmul(U, V, out=M)                                  # the 16 products, one call
+        _wino_output(M, y, b, n0, n1, th0, th1, buf("wino_s", 2, 4, L), buf("wino_y", 2, 2, L))
+    parallel_for(task, len(tasks))
+    return y
+
+
+def _winograd_backward(dy, x, weight, padding, need_dx, need_dw):
+    N, C, H, W = x.shape
+    C_out = weight.shape[0]
+    OH, OW, TH, TW, K = _wino_geometry(H, W, padding)
+    U_t = _wino_transform_weight(weight).transpose(0, 2, 1) if need_dx else None
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
+    parts = {}                                                  # worker -> its sum of Dy V^T
+    chunks = _wino_chunks(N, TH, K, max(C, C_out), x.itemsize)
+
+    def task(t, worker):
+        n0, n1, blocks = chunks[t]
+        buf = lambda name, *shape: worker_buffer(worker, name, shape, x.dtype)  # noqa: E731
+        if need_dx:
+            dxP = buf("wino_dxp", n1 - n0, C, 2, 2, (TH + 2) * K)
+            dxP[...] = 0
+        for th0, th1 in blocks:
+            L = (th1 - th0) * K
+            D = buf("wino_d", 16, C_out, (n1 - n0) * L)
+            _wino_dy(dy, D, n0, n1, th0, th1, buf("wino_yd", 2, 2, L), buf("wino_e", 2, 4, L))
+            if need_dw:
+                V = buf("wino_v", 16, C, (n1 - n0) * L)
+                _wino_input(x, V, n0, n1, th0, th1, *padding,
+                            buf("wino_p", 2, 2, (th1 - th0 + 2) * K), buf("wino_rw", 2, 4, L + 1))
+                if worker not in parts:
+                    parts[worker] = np.matmul(D, V.transpose(0, 2, 1))
+                else:
+                    Z = buf("wino_z", 16, C_out, C)
+                    np.matmul(D, V.transpose(0, 2, 1), out=Z)
+                    parts[worker] += Z
+            if need_dx:
+                Q = buf("wino_q", 16, C, (n1 - n0) * L)
+                np.matmul(U_t, D, out=Q)
+                _wino_dx(Q, dxP, n0, n1, th0, th1, buf("wino_wb", 4, 4, L),
+                         buf("wino_zt", 4, 4, L))
+        if need_dx:
+            _wino_dx_finish(dxP, dx, n0, n1, *padding)
+    parallel_for(task, len(chunks))
+    dweight = None
+    if need_dw:
+        Z = sum(parts.values())
+        dweight = np.empty(weight.shape, dtype=x.dtype)
+        n_tasks, span = _plane_tasks(C_out)
+        parallel_for(lambda t, worker: _wino_weight_grad(Z, dweight, *span(t)), n_tasks)
     return dx, dweight
 
 
