@@ -40,6 +40,8 @@ GRAD_CASES = {
                  (randn(1, 3, 5, 6), randn(3, 1, 3, 3), randn(3))),           # depthwise
         GradCase(lambda x, w: conv2d(x, w, stride=2),
                  (randn(3, 1, 6, 5), randn(2, 1, 2, 3))),
+        GradCase(lambda x, w, b: conv2d(x, w, b, padding=1),
+                 (randn(2, 8, 5, 6), randn(3, 8, 3, 3), randn(3))),           # Winograd
     ],
     "MaxPool2d": [
         GradCase(lambda x: max_pool2d(x, 2), (distinct(2, 2, 5, 6),)),
