@@ -864,25 +864,59 @@ def _direct_backward(dy, x, weight, stride, padding, dilation, groups, need_dx, 
 
 @_jit
 def _max_pool_planes(x, y, arg, p0, p1, KH, KW, sh, sw, ph, pw):
-    """y, arg (planes, OH, OW) <- max and its flat index over each window of x (planes, H, W)."""
+    """y, arg (planes, OH, OW) <- max and its flat index over each window of x (planes, H, W).
+
+    One output row at a time, tap by tap, each tap a vectorisable pass over the row: the running
+    maximum starts at -inf with the window's first pixel as its position, a value replaces it if
+    it is larger (so the first maximum wins) or is the first NaN.
+    """
     H, W = x.shape[1], x.shape[2]
     OH, OW = y.shape[1], y.shape[2]
     for p in range(p0, p1):
         for oh in range(OH):
-            h_lo, h_hi = max(oh * sh - ph, 0), min(oh * sh - ph + KH, H)
+            best, where = y[p, oh], arg[p, oh]
+            h_first = max(oh * sh - ph, 0)
             for ow in range(OW):
-                w_lo, w_hi = max(ow * sw - pw, 0), min(ow * sw - pw + KW, W)
-                best = x[p, h_lo, w_lo]
-                idx = h_lo * W + w_lo
-                for ih in range(h_lo, h_hi):
-                    for iw in range(w_lo, w_hi):
-                        v = x[p, ih, iw]
-                        # the first maximum wins; a NaN beats everything (the first NaN)
-                        if v > best or (v != v and best == best):
-                            best = v
-                            idx = ih * W + iw
-                y[p, oh, ow] = best
-                arg[p, oh, ow] = idx
+                best[ow] = -np.inf
+                where[ow] = h_first * W + max(ow * sw - pw, 0)
+            for kh in range(KH):
+                ih = oh * sh - ph + kh
+                if ih < 0 or ih >= H:
+                    continue
+                for kw in range(KW):
+                    lo, hi = _valid_range(kw - pw, sw, W, OW)
+                    src = x[p, ih, lo * sw + kw - pw:]
+                    b, w = best[lo:hi], where[lo:hi]
+                    pos = ih * W + lo * sw + kw - pw
+                    for j in range(b.size):
+                        v, m = src[j * sw], b[j]
+                        take = v > m or (v != v and m == m)
+                        b[j] = v if take else m
+                        w[j] = pos + j * sw if take else w[j]
+
+
+@_jit
+def _max_pool_2x2_planes(x, y, arg, p0, p1):
+    """The common case, kernel 2, stride 2, no padding: four candidates per output, one pass."""
+    W = x.shape[2]
+    OH, OW = y.shape[1], y.shape[2]
+    for p in range(p0, p1):
+        for oh in range(OH):
+            top, bottom = x[p, 2 * oh], x[p, 2 * oh + 1]
+            best, where = y[p, oh], arg[p, oh]
+            for j in range(OW):
+                m, i = top[2 * j], 0
+                v = top[2 * j + 1]
+                if v > m or (v != v and m == m):
+                    m, i = v, 1
+                v = bottom[2 * j]
+                if v > m or (v != v and m == m):
+                    m, i = v, W
+                v = bottom[2 * j + 1]
+                if v > m or (v != v and m == m):
+                    m, i = v, W + 1
+                best[j] = m
+                where[j] = 2 * oh * W + 2 * j + i
 
 
 @_jit
@@ -952,8 +986,13 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     xs = x.reshape(N * C, H, W)
     n_tasks, span = _plane_tasks(N * C)
 
+    plain_2x2 = kernel_size == stride == (2, 2) and padding == (0, 0)
+
     def task(t, worker):
-        _max_pool_planes(xs, y, arg, *span(t), *kernel_size, *stride, *padding)
+        if plain_2x2:
+            _max_pool_2x2_planes(xs, y, arg, *span(t))
+        else:
+            _max_pool_planes(xs, y, arg, *span(t), *kernel_size, *stride, *padding)
     parallel_for(task, n_tasks)
     return y.reshape(N, C, OH, OW), arg.reshape(N, C, OH, OW)
 
