@@ -37,6 +37,19 @@ class DataSpec:
         self.kind, self.train, self.valid, self.test, self.classes = kind, train, valid, test, classes
 
 
+def load_data(args, valid_pct: float) -> DataSpec:
+    """`detect_data` for the command's --data, --size and --seed, then its --limit."""
+    ds = detect_data(args.data, valid_pct, args.seed, size=args.size)
+    limit = getattr(args, "limit", None)
+    if limit is not None:
+        if limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {limit}")
+        if limit < len(ds.train):
+            keep = np.random.default_rng(args.seed).choice(len(ds.train), limit, replace=False)
+            ds.train = ds.train.subset(np.sort(keep))
+    return ds
+
+
 def detect_data(spec: str, valid_pct: float, seed: int, size=None) -> DataSpec:
     """Resolve `--data`: "mnist" (bundled), an MNIST IDX folder, a cifar-10-batches-py folder, or
     an image folder (PATH/<class>/*, or PATH/train/<class> with PATH/valid|test/<class>)."""
@@ -136,7 +149,7 @@ def cmd_train(args) -> int:
     started = time.time()
     out = _out_dir(args.out)
     rng = np.random.default_rng(args.seed)
-    ds = detect_data(args.data, args.valid_pct, args.seed, size=args.size)
+    ds = load_data(args, args.valid_pct)
     image_shape = ds.train.images.shape[1:]
     arch, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed)
     transform = augmentation(args.aug, ds.kind, image_shape[0])
@@ -151,8 +164,8 @@ def cmd_train(args) -> int:
                f"({model.num_parameters():,} parameters)")
     lr = _choose_lr(args, learn, out)
     _fit(args, learn, lr)
-    learn.recorder.plot_loss().savefig(os.path.join(out, "losses.png"))
-    learn.recorder.plot_sched().savefig(os.path.join(out, "schedule.png"))
+    learn.recorder.plot_loss(path=os.path.join(out, "losses.png"))
+    learn.recorder.plot_sched(path=os.path.join(out, "schedule.png"))
 
     eval_ds, eval_name = (ds.test, "test") if ds.test is not None else (ds.valid, "valid")
     eval_dl = make_loader(eval_ds, args.batch_size, None, stats, shuffle=False)
@@ -161,9 +174,8 @@ def cmd_train(args) -> int:
     if args.tta:
         tta_probs, _ = learn.tta(eval_dl)
         metrics[f"{eval_name}_accuracy_tta"] = float((tta_probs.argmax(1) == targets).mean())
-    interp_fig = plot.plot_confusion_matrix(_confusion(probs.argmax(1), targets, len(ds.classes)),
-                                            ds.classes)
-    interp_fig.savefig(os.path.join(out, "confusion.png"))
+    plot.plot_confusion_matrix(_confusion(probs.argmax(1), targets, len(ds.classes)), ds.classes,
+                               path=os.path.join(out, "confusion.png"))
     model_path = tc.save(model, os.path.join(out, "model.npz"), classes=ds.classes,
                          mean=stats[0].tolist(), std=stats[1].tolist(),
                          image_shape=list(image_shape))
@@ -183,25 +195,49 @@ def _choose_lr(args, learn, out) -> float:
     if args.lr != "auto":
         return _positive_float("--lr", args.lr)
     suggestions = learn.lr_find()
-    learn.recorder.plot_lr_find(suggestions).savefig(os.path.join(out, "lr_find.png"))
+    learn.recorder.plot_lr_find(path=os.path.join(out, "lr_find.png"))
     lr = float(suggestions.valley)
     _say(args, "lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in suggestions._asdict().items())
          + f" -> lr {lr:.2e} (valley)")
     return lr
 
 
-def _fit(args, learn, lr: float) -> None:
+def sgdr_cycles(epochs: int, cycle_len: int, cycle_mult: int) -> int:
+    """The most SGDR cycles that fit in `epochs` (at least one)."""
+    n, total = 0, 0
+    while total + cycle_len * cycle_mult ** n <= epochs:
+        total += cycle_len * cycle_mult ** n
+        n += 1
+    return max(n, 1)
+
+
+def policy_kwargs(args, lr: float, n_iter: int) -> dict:
+    """The arguments of --policy for a peak learning rate `lr` (see learner.policy_scheds).
+
+    sgdr fits as many cycles as --epochs allows; cyclic runs one triangle per epoch from lr/10.
+    """
     if args.policy == "one_cycle":
-        learn.fit_one_cycle(args.epochs, lr)
+        return {"lr_max": lr}
+    if args.policy == "sgdr":
+        return {"lr_max": lr, "n_cycles": sgdr_cycles(args.epochs, args.cycle_len, args.cycle_mult),
+                "cycle_len": args.cycle_len, "cycle_mult": args.cycle_mult}
+    if args.policy == "cyclic":
+        return {"base_lr": lr / 10, "max_lr": lr, "step_size": max(1, n_iter // 2)}
+    return {"lr": lr}
+
+
+def _fit(args, learn, lr: float) -> None:
+    kw = policy_kwargs(args, lr, len(learn.train_dl))
+    if args.policy == "one_cycle":
+        learn.fit_one_cycle(args.epochs, **kw)
     elif args.policy == "sgdr":
-        learn.fit_sgdr(args.epochs, args.cycle_len, lr, cycle_mult=args.cycle_mult)
+        learn.fit_sgdr(**kw)
     elif args.policy == "cyclic":
-        steps = len(learn.train_dl)
-        learn.fit_cyclic(args.epochs, lr / 10, lr, step_size=max(1, steps // 2))
+        learn.fit_cyclic(args.epochs, **kw)
     elif args.policy == "flat_cos":
-        learn.fit_flat_cos(args.epochs, lr)
+        learn.fit_flat_cos(args.epochs, **kw)
     else:
-        learn.fit(args.epochs, lr)
+        learn.fit(args.epochs, **kw)
 
 
 def make_loaders(train, valid, batch_size, transform, rng):
@@ -268,7 +304,7 @@ def cmd_lr_find(args) -> int:
 
     out = _out_dir(args.out)
     rng = np.random.default_rng(args.seed)
-    ds = detect_data(args.data, args.valid_pct, args.seed, size=args.size)
+    ds = load_data(args, args.valid_pct)
     image_shape = ds.train.images.shape[1:]
     _, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed)
     transform = augmentation(args.aug, ds.kind, image_shape[0])
@@ -277,7 +313,7 @@ def cmd_lr_find(args) -> int:
                     silent=args.quiet)
     suggestions = learn.lr_find(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
     path = os.path.join(out, "lr_find.png")
-    learn.recorder.plot_lr_find(suggestions).savefig(path)
+    learn.recorder.plot_lr_find(path=path)
     for name, value in suggestions._asdict().items():
         print(f"{name:>8}: {value:.3e}")
     print(f"wrote {path}")
@@ -297,7 +333,7 @@ def cmd_evaluate(args) -> int:
     from .learner import Learner
 
     model, meta = _load_model(args.model)
-    ds = detect_data(args.data, 0.0, args.seed, size=args.size)
+    ds = load_data(args, 0.0)
     eval_ds = ds.test if ds.test is not None else ds.valid
     classes = meta.get("classes") or ds.classes
     if list(classes) != list(ds.classes):
@@ -378,7 +414,7 @@ def cmd_show_aug(args) -> int:
     from .plot_data import plot_augmentations, show_batch
 
     out = _out_dir(args.out)
-    ds = detect_data(args.data, 0.0, args.seed, size=args.size)
+    ds = load_data(args, 0.0)
     transform = augmentation(args.aug, ds.kind, ds.train.images.shape[1])
     if transform is None:
         raise UsageError("show-aug: --aug none shows nothing; pick a preset")
@@ -399,13 +435,11 @@ def cmd_plot_schedule(args) -> int:
 
     out = _out_dir(args.out)
     lr = _positive_float("--lr", args.lr)
-    kwargs = dict(cycle_len=args.cycle_len, cycle_mult=args.cycle_mult) \
-        if args.policy == "sgdr" else {}
+    kwargs = policy_kwargs(args, lr, args.iters)
     path = os.path.join(out, "schedule.png")
-    plot.plot_schedule(args.policy, lr, n_epoch=args.epochs, n_iter=args.iters, **kwargs) \
-        .savefig(path)
-    scheds = policy_scheds(args.policy, n_epoch=args.epochs, n_iter=args.iters, lr=lr, **kwargs)
-    print(ascii_sketch(scheds["lr"], f"lr ({args.policy})"))
+    plot.plot_schedule(args.policy, n_epoch=args.epochs, n_iter=args.iters, path=path, **kwargs)
+    scheds, n_epoch = policy_scheds(args.policy, n_epoch=args.epochs, n_iter=args.iters, **kwargs)
+    print(ascii_sketch(scheds["lr"], f"lr ({args.policy}, {n_epoch} epochs)"))
     print(f"wrote {path}")
     return 0
 
@@ -436,6 +470,8 @@ def _data_args(p, data_default="mnist"):
                    help="resize the images of an image folder to SIZE x SIZE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None,
+                   help="train on a seeded random subset of LIMIT training images (quick runs)")
 
 
 def _model_args(p):
