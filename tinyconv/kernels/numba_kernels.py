@@ -42,7 +42,7 @@ COLS_BYTES_BACKWARD = 4 << 20    # backward: larger, the dW product sums over th
 DIRECT_MAX_TAPS = 32             # C/groups*KH*KW at or below this: direct loops, no im2col
 
 
-# ---- vector helpers -------------------------------------------------------------------------------
+# ---- vector helpers ------------------------------------------------------------------------------
 # Numba guards every index against Python's negative indexing (a[-1]) unless it can prove the index
 # is not negative, and that guard stops the loop from being vectorised (8x slower, measured). A loop
 # over a fresh slice indexed from 0 needs no guard: the kernels below are written with these.
@@ -84,7 +84,7 @@ def _dot(a, b):
     return s
 
 
-# ---- im2col / col2im on a tile --------------------------------------------------------------------
+# ---- im2col / col2im on a tile -------------------------------------------------------------------
 
 @_inline
 def _valid_range(offset, stride, size, out_len):
@@ -282,10 +282,11 @@ def col2im(cols, x_shape, kernel_size, stride, padding, dilation):
     return dx
 
 
-# ---- convolution ----------------------------------------------------------------------------------
+# ---- convolution ---------------------------------------------------------------------------------
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
-    """x (N, C, H, W), weight (C_out, C/groups, KH, KW), bias (C_out,) or None -> (N, C_out, OH, OW)."""
+    """x (N, C, H, W), weight (C_out, C/groups, KH, KW), bias (C_out,) or None
+    -> (N, C_out, OH, OW)."""
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     N, C_out, C_g, KH, KW, OH, OW = _conv_shapes(x, weight, stride, padding, dilation)
     if C_g * KH * KW <= DIRECT_MAX_TAPS:
@@ -860,7 +861,7 @@ def _direct_backward(dy, x, weight, stride, padding, dilation, groups, need_dx, 
     return (dx if need_dx else None), (sum(dw_parts.values()) if need_dw else None)
 
 
-# ---- pooling --------------------------------------------------------------------------------------
+# ---- pooling -------------------------------------------------------------------------------------
 
 @_jit
 def _max_pool_planes(x, y, arg, p0, p1, KH, KW, sh, sw, ph, pw):
@@ -965,7 +966,7 @@ def _avg_pool_backward_planes(dy, dx, p0, p1, KH, KW, sh, sw, ph, pw):
 
 
 def _plane_tasks(n_planes):
-    """Split n planes into a few contiguous ranges per thread: (count, range of task t)."""
+    """Split n planes (or channels) into a few ranges per thread: (count, range of task t)."""
     per = max(1, math.ceil(n_planes / (4 * num_threads())))
     return math.ceil(n_planes / per), lambda t: (t * per, min(n_planes, (t + 1) * per))
 
@@ -1039,7 +1040,7 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding):
     return dx.reshape(x_shape)
 
 
-# ---- batch norm -----------------------------------------------------------------------------------
+# ---- batch norm ----------------------------------------------------------------------------------
 
 @_jit_sum
 def _bn_train_channels(x, weight, bias, eps, y, mean, var, c0, c1):
@@ -1116,10 +1117,6 @@ def _bn_backward_channels(dy, x, weight, mean, invstd, training, dx, dweight, db
                 out[i] = a32 * g_row[i] + b32 * x_row[i] + d32
 
 
-def _channel_tasks(C):
-    return _plane_tasks(C)
-
-
 def batch_norm_train(x, weight, bias, eps):
     """Normalise each channel with its batch statistics.
 
@@ -1132,7 +1129,7 @@ def batch_norm_train(x, weight, bias, eps):
     y = np.empty_like(xs)
     mean, var = np.empty(C), np.empty(C)
     w, b = weight.astype(np.float64), bias.astype(np.float64)
-    n_tasks, span = _channel_tasks(C)
+    n_tasks, span = _plane_tasks(C)
 
     def task(t, worker):
         _bn_train_channels(xs, w, b, eps, y, mean, var, *span(t))
@@ -1150,7 +1147,7 @@ def batch_norm_eval(x, weight, bias, mean, var, eps):
     scale = scale.astype(x.dtype)
     xs = x.reshape(N, C, -1)
     y = np.empty_like(xs)
-    n_tasks, span = _channel_tasks(C)
+    n_tasks, span = _plane_tasks(C)
 
     def task(t, worker):
         _bn_affine_channels(xs, scale, shift, y, *span(t))
@@ -1170,7 +1167,7 @@ def batch_norm_backward(dy, x, weight, mean, var, eps, training):
     dweight, dbias = np.empty(C), np.empty(C)
     invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)
     w, mu = weight.astype(np.float64), mean.astype(np.float64)
-    n_tasks, span = _channel_tasks(C)
+    n_tasks, span = _plane_tasks(C)
 
     def task(t, worker):
         _bn_backward_channels(dys, xs, w, mu, invstd, bool(training), dx, dweight, dbias,

@@ -22,7 +22,7 @@ __all__ = ["conv_output_size", "im2col", "col2im", "conv2d_forward", "conv2d_bac
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length along one axis: (size + 2*padding - dilation*(kernel - 1) - 1) // stride + 1."""
+    """Output length along an axis: (size + 2*padding - dilation*(kernel - 1) - 1) // stride + 1"""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -60,7 +60,8 @@ def col2im(cols, x_shape, kernel_size, stride, padding, dilation):
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
-    """x (N, C, H, W), weight (C_out, C/groups, KH, KW), bias (C_out,) or None -> (N, C_out, OH, OW).
+    """x (N, C, H, W), weight (C_out, C/groups, KH, KW), bias (C_out,) or None
+    -> (N, C_out, OH, OW).
 
     Each group is its own convolution: input channels [g*C/G, (g+1)*C/G) make output channels
     [g*C_out/G, (g+1)*C_out/G).

@@ -86,7 +86,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return AvgPool2d.apply(x, **_geometry("avg_pool2d", kernel_size, stride, padding))
 
 
-# ---- adaptive pooling -----------------------------------------------------------------------------
+# ---- adaptive pooling ----------------------------------------------------------------------------
 
 def _windows(size: int, out: int) -> list:
     """[(start, end)] of the out adaptive windows along an axis of length size (PyTorch's rule)."""
