@@ -429,3 +429,12 @@ def test_array_dataset_checks_shapes_and_labels():
         ArrayDataset(np.zeros((2, 3, 3, 1), np.uint8), [0, 1, 1], ["a", "b"])
     with pytest.raises(ValueError, match="2 classes"):
         ArrayDataset(np.zeros((2, 3, 3, 1), np.uint8), [0, 2], ["a", "b"])
+
+
+def test_image_folder_refuses_an_empty_class_folder(tmp_path):
+    from PIL import Image
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat" / "0.png")
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(FileNotFoundError, match="dog"):
+        ImageFolder(tmp_path, cache=False)

@@ -11,10 +11,14 @@ from . import _threads  # noqa: F401  (imported for its side effect)
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .tensor import Tensor
 
-from . import data, models, nn, optim, sched  # noqa: E402
+from . import callbacks, data, interpret, metrics, models, nn, optim, sched  # noqa: E402
+from .interpret import ClassificationInterpretation  # noqa: E402
+from .learner import Learner  # noqa: E402
 from .serialize import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
+# tinyconv.plot, tinyconv.augment and tinyconv.cli are imported where used (plot loads matplotlib).
 __all__ = ["Function", "Tensor", "no_grad", "enable_grad", "is_grad_enabled", "nn", "models",
-           "optim", "sched", "data", "save", "load", "__version__"]
+           "optim", "sched", "data", "callbacks", "metrics", "interpret", "Learner",
+           "ClassificationInterpretation", "save", "load", "__version__"]

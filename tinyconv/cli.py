@@ -325,8 +325,7 @@ def _load_model(path: str):
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such model file")
     model = tc.load(path)
-    meta = tc.serialize.read_model_file(path)[1]
-    return model, meta
+    return model, model.meta
 
 
 def cmd_evaluate(args) -> int:

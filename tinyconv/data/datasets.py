@@ -392,6 +392,12 @@ def _scan_folder(root):
     if not items:
         raise FileNotFoundError(f"ImageFolder: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
                                 f"under {root}")
+    # a class without images would silently shift every later label's meaning for a model trained
+    # on the complete folder, and can never be learned: refuse it, as torchvision does
+    empty = [c for k, c in enumerate(classes) if not any(item[1] == k for item in items)]
+    if empty:
+        raise FileNotFoundError(f"ImageFolder: class folder(s) with no image files under {root}: "
+                                f"{', '.join(empty)}")
     return classes, items
 
 
