@@ -148,12 +148,11 @@ def cmd_train(args) -> int:
 
     started = time.time()
     out = _out_dir(args.out)
-    rng = np.random.default_rng(args.seed)
     ds = load_data(args, args.valid_pct)
     image_shape = ds.train.images.shape[1:]
     arch, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed)
     transform = augmentation(args.aug, ds.kind, image_shape[0])
-    train_dl, valid_dl, stats = make_loaders(ds.train, ds.valid, args.batch_size, transform, rng)
+    train_dl, valid_dl, stats = make_loaders(ds.train, ds.valid, args.batch_size, transform, args.seed)
     opt_func = partial(tc.optim.SGD, momentum=0.9, nesterov=args.nesterov)
     learn = Learner(model, train_dl, valid_dl, opt_func=opt_func, metrics=[accuracy],
                     seed=args.seed, wd=args.wd, silent=args.quiet,
@@ -240,18 +239,12 @@ def _fit(args, learn, lr: float) -> None:
         learn.fit(args.epochs, **kw)
 
 
-def make_loaders(train, valid, batch_size, transform, rng):
-    """Training loader (shuffled, augmented, stats from the training images) and validation one."""
-    stats = _stats(train)
-    train_dl = make_loader(train, batch_size, transform, stats, shuffle=True, rng=rng)
-    valid_dl = make_loader(valid, batch_size * 2, None, stats, shuffle=False)
-    return train_dl, valid_dl, stats
-
-
-def _stats(ds) -> tuple:
-    """Per-channel (mean, std) of a dataset's images on the [0, 1] scale."""
-    from .augment import channel_stats
-    return channel_stats(ds.images)
+def make_loaders(train, valid, batch_size, transform, seed):
+    """tc.data.loaders (training statistics for both) -> (train_dl, valid_dl, (mean, std))."""
+    from .data import loaders
+    train_dl, valid_dl = loaders(train, valid, batch_size, transform, seed=seed,
+                                 valid_batch_size=2 * batch_size)
+    return train_dl, valid_dl, (train_dl.mean, train_dl.std)
 
 
 def make_loader(ds, batch_size, transform, stats, shuffle, rng=None):
@@ -303,12 +296,11 @@ def cmd_lr_find(args) -> int:
     from .metrics import accuracy
 
     out = _out_dir(args.out)
-    rng = np.random.default_rng(args.seed)
     ds = load_data(args, args.valid_pct)
     image_shape = ds.train.images.shape[1:]
     _, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed)
     transform = augmentation(args.aug, ds.kind, image_shape[0])
-    train_dl, valid_dl, _ = make_loaders(ds.train, ds.valid, args.batch_size, transform, rng)
+    train_dl, valid_dl, _ = make_loaders(ds.train, ds.valid, args.batch_size, transform, args.seed)
     learn = Learner(model, train_dl, valid_dl, metrics=[accuracy], seed=args.seed, wd=args.wd,
                     silent=args.quiet)
     suggestions = learn.lr_find(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
@@ -410,6 +402,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_show_aug(args) -> int:
+    from .augment import channel_stats
     from .plot_data import plot_augmentations, show_batch
 
     out = _out_dir(args.out)
@@ -422,7 +415,7 @@ def cmd_show_aug(args) -> int:
     plot_augmentations(ds.train.images[args.index], transform, n=args.n, rng=rng, path=grid,
                        title=f"--aug {args.aug}: variations of training image {args.index}")
     batch = os.path.join(out, "batch.png")
-    dl = make_loader(ds.train, 16, transform, _stats(ds.train), shuffle=True, rng=rng)
+    dl = make_loader(ds.train, 16, transform, channel_stats(ds.train.images), shuffle=True, rng=rng)
     show_batch(dl, path=batch, title=f"an augmented training batch (--aug {args.aug})")
     print(f"wrote {grid} and {batch}")
     return 0
