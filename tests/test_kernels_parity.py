@@ -219,3 +219,77 @@ def test_both_backends_export_the_same_functions():
     assert ref.__all__ == nb.__all__
     for name in ref.__all__:
         assert inspect.signature(getattr(ref, name)) == inspect.signature(getattr(nb, name)), name
+
+
+# ---- the thread pool the Numba kernels run on -----------------------------------------------------
+
+def test_parallel_for_runs_every_task_once_and_reraises_errors():
+    from tinyconv._threads import parallel_for
+    seen = []
+    parallel_for(lambda i, worker: seen.append(i), 50)
+    assert sorted(seen) == list(range(50))
+
+    def task(i, worker):
+        if i == 7:
+            raise KeyError("task 7")
+    with pytest.raises(KeyError, match="task 7"):
+        parallel_for(task, 20)
+
+
+def test_single_threaded_blas_restores_the_previous_setting():
+    from tinyconv import _threads
+    with _threads.single_threaded_blas():
+        pass
+    if not _threads._blas:
+        pytest.skip("no OpenBLAS found in this process")
+    setter, getter = _threads._blas
+    before = getter()
+    with _threads.single_threaded_blas():
+        assert getter() == 1
+        with _threads.single_threaded_blas():
+            assert getter() == 1
+        assert getter() == 1
+    assert getter() == before
+
+
+def test_convolutions_from_two_threads_at_once_do_not_share_scratch(rng):
+    # two callers use the pool at the same time: scratch memory is per thread, not per worker
+    import threading
+    cases = [_conv_inputs(CONV_CASES[i], np.float32, rng) for i in (8, 9)]
+    expected = [nb.conv2d_backward(np.ones_like(nb.conv2d_forward(x, w, b, *g)), x, w, *g)
+                for x, w, b, g in cases]
+    results, errors = [None, None], []
+
+    def run(k):
+        x, w, b, g = cases[k]
+        try:
+            for _ in range(20):
+                y = nb.conv2d_forward(x, w, b, *g)
+                results[k] = nb.conv2d_backward(np.ones_like(y), x, w, *g)
+        except Exception as error:       # noqa: BLE001  reported below
+            errors.append(error)
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, expected):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("case", [(20, 3, 9, 8, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1),      # direct
+                                  (20, 16, 9, 8, 8, 3, 3, (2, 2), (1, 1), (1, 1), 1),     # im2col
+                                  (20, 16, 9, 8, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1)],    # Winograd
+                         ids=["direct", "im2col", "winograd"])
+def test_gradients_are_bit_identical_on_one_or_two_threads(case, monkeypatch, rng):
+    # the weight gradient sums over the batch in fixed groups, not per thread
+    x, w, _, geometry = _conv_inputs(case, np.float32, rng)
+    dy = rng.standard_normal(nb.conv2d_forward(x, w, None, *geometry).shape).astype(np.float32)
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("TINYCONV_NUM_THREADS", threads)
+        results.append(nb.conv2d_backward(dy, x, w, *geometry))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

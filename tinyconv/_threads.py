@@ -53,13 +53,14 @@ import itertools  # noqa: E402
 import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-__all__ = ["num_threads", "parallel_for", "single_threaded_blas", "worker_buffer", "blas_info"]
+__all__ = ["num_threads", "parallel_for", "single_threaded_blas", "scratch", "blas_info"]
 
 _pool = None
 _pool_lock = threading.Lock()
 _in_worker = threading.local()
 _blas = None                      # (set_num_threads, get_num_threads) or () when not found
-_buffers = {}                     # (worker, name, dtype) -> flat ndarray, grown on demand
+_blas_previous = 1
+_scratch = threading.local()      # per thread: {(name, dtype): flat ndarray}, grown on demand
 
 
 def num_threads() -> int:
@@ -125,25 +126,32 @@ def blas_info() -> str:
     return "unknown"
 
 
+_blas_users = 0                   # parallel regions running now (callers may be several threads)
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Inside the block, BLAS uses one thread (our pool supplies the parallelism)."""
-    global _blas
-    if _blas is None:
-        _blas = _find_openblas()
-    if not _blas:
-        yield
-        return
-    setter, getter = _blas
-    previous = getter()
-    if previous == 1:
-        yield
-        return
-    setter(1)
+    """Inside the block, BLAS uses one thread (our pool supplies the parallelism).
+
+    Nested and concurrent blocks are counted: the first one in switches BLAS to one thread, the
+    last one out restores the previous setting.
+    """
+    global _blas, _blas_users, _blas_previous
+    with _pool_lock:
+        if _blas is None:
+            _blas = _find_openblas()
+        if _blas and _blas_users == 0:
+            _blas_previous = _blas[1]()
+            if _blas_previous != 1:
+                _blas[0](1)
+        _blas_users += 1
     try:
         yield
     finally:
-        setter(previous)
+        with _pool_lock:
+            _blas_users -= 1
+            if _blas and _blas_users == 0 and _blas_previous != 1:
+                _blas[0](_blas_previous)
 
 
 def _get_pool(n_workers: int) -> ThreadPoolExecutor:
@@ -161,8 +169,9 @@ def parallel_for(task, n_tasks: int) -> None:
 
     Tasks are handed out one at a time (a shared counter), so a thread slowed by another process
     simply takes fewer. `worker` is in range(num_threads()) and is unique among the threads running
-    at the same time: use it to pick per-thread scratch buffers and partial sums. The calling
+    at the same time: use it to keep per-worker partial sums. The calling
     thread is worker 0. Exceptions from any task are re-raised after all threads have stopped.
+    Per-thread scratch memory: `scratch()`.
     """
     n_workers = min(num_threads(), n_tasks)
     if n_workers <= 1 or getattr(_in_worker, "active", False):
@@ -194,19 +203,20 @@ def parallel_for(task, n_tasks: int) -> None:
         raise failed[0]
 
 
-def worker_buffer(worker: int, name: str, shape: tuple, dtype):
-    """A scratch array of `shape` private to `worker`, reused between calls (not zeroed).
+def scratch(name: str, shape: tuple, dtype):
+    """A scratch array of `shape` private to the calling thread, reused between calls (not zeroed).
 
     Allocating a fresh multi-megabyte buffer per tile costs page faults; these stay warm in cache.
+    Per thread, not per worker index, so that two threads running kernels at once never share one.
     """
     import numpy as np
     dtype = np.dtype(dtype)
     size = 1
     for n in shape:
         size *= int(n)
-    key = (worker, name, dtype.str)
-    flat = _buffers.get(key)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    flat = buffers.get((name, dtype.str))
     if flat is None or flat.size < size:
         flat = np.empty(max(size, 1), dtype=dtype)
-        _buffers[key] = flat
+        buffers[(name, dtype.str)] = flat
     return flat[:size].reshape(shape)

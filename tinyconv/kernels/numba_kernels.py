@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .._threads import num_threads, parallel_for, worker_buffer
+from .._threads import num_threads, parallel_for, scratch
 from .reference import conv_output_size
 
 __all__ = ["conv_output_size", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
@@ -238,7 +238,8 @@ def _tiles(N, OH, OW, rows_of_cols, itemsize, budget):
     """
     width = max(OW, budget // (rows_of_cols * itemsize))        # columns per tile
     if OH * OW <= width:
-        per = max(1, min(width // (OH * OW), math.ceil(N / (2 * num_threads()))))
+        # enough tiles for the threads, and the same tiles whatever their number (reproducible)
+        per = max(1, min(width // (OH * OW), math.ceil(N / (2 * DW_GROUPS))))
         return [(n, min(n + per, N), [(0, OH)]) for n in range(0, N, per)]
     rows = max(1, width // OW)
     blocks = [(r, min(r + rows, OH)) for r in range(0, OH, rows)]
@@ -251,6 +252,34 @@ def _conv_shapes(x, weight, stride, padding, dilation):
     OH = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
     OW = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
     return N, C_out, C_g, KH, KW, OH, OW
+
+
+DW_GROUPS = 8    # weight gradients are summed over this many fixed groups of tiles
+
+
+def _sum_over_groups(n_items, work):
+    """Run work(i, acc) -> acc for items 0..n_items, summing a weight gradient reproducibly.
+
+    The items are cut into DW_GROUPS fixed runs, run in parallel; each run carries its own
+    running sum (acc is None before its first item) and the runs' sums are added in order at
+    the end. So the rounding never depends on which thread took which item: the same inputs give
+    bit-identical gradients on 1 or 2 threads, loaded machine or not.
+    """
+    n_groups = max(1, min(DW_GROUPS, n_items))
+    bounds = [round(g * n_items / n_groups) for g in range(n_groups + 1)]
+    sums = [None] * n_groups
+
+    def task(g, worker):
+        acc = None
+        for i in range(bounds[g], bounds[g + 1]):
+            acc = work(i, acc)
+        sums[g] = acc
+    parallel_for(task, n_groups)
+    total = sums[0]
+    for part in sums[1:]:
+        if part is not None:
+            total += part
+    return total
 
 
 # ---- public: im2col / col2im (whole batch, for inspection and parity) ---------------------------
@@ -303,12 +332,12 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     def task(t, worker):
         n0, n1, oh0, oh1 = tiles[t]
         T = (n1 - n0) * (oh1 - oh0) * OW
-        cols = worker_buffer(worker, "cols", (G * K, T), x.dtype)
+        cols = scratch("cols", (G * K, T), x.dtype)
         _im2col_tile(x, cols, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw)
         if n1 - n0 == 1:       # the product lands directly in y (a strided view, fine for BLAS)
             out = y[n0].reshape(C_out, OH * OW)[:, oh0 * OW:oh1 * OW]
         else:                  # several images: (C_out, g*P) here, then one copy into NCHW
-            out = worker_buffer(worker, "out", (C_out, T), x.dtype)
+            out = scratch("out", (C_out, T), x.dtype)
         for g in range(G):
             np.matmul(w[g], cols[g * K:(g + 1) * K], out=out[g * C_og:(g + 1) * C_og])
         if bias is not None:
@@ -337,40 +366,38 @@ def conv2d_backward(dy, x, weight, stride, padding, dilation, groups, need_dx=Tr
     w = weight.reshape(G, C_og, K)
     dy_rows = dy.reshape(N, C_out, P)
     dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
-    dw_parts = {}                                        # worker -> its partial sum of dW
     tiles = _tiles(N, OH, OW, G * K, x.itemsize, COLS_BYTES_BACKWARD)
 
-    def task(t, worker):
+    def work(t, acc):
         n0, n1, blocks = tiles[t]
         for oh0, oh1 in blocks:
             T = (n1 - n0) * (oh1 - oh0) * OW
             if n1 - n0 == 1:
                 dyt = dy_rows[n0, :, oh0 * OW:oh1 * OW]
             else:
-                dyt = worker_buffer(worker, "dyt", (C_out, T), x.dtype)
+                dyt = scratch("dyt", (C_out, T), x.dtype)
                 _images_to_rows(dy_rows, dyt, n0, n1)
             if need_dw:
-                cols = worker_buffer(worker, "cols", (G * K, T), x.dtype)
+                cols = scratch("cols", (G * K, T), x.dtype)
                 _im2col_tile(x, cols, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw)
-                first = worker not in dw_parts
-                if first:
-                    dw_parts[worker] = np.empty((G, C_og, K), dtype=x.dtype)
-                acc = dw_parts[worker]
-                part = acc if first else worker_buffer(worker, "dw", (G, C_og, K), x.dtype)
+                part = np.empty((G, C_og, K), x.dtype) if acc is None else \
+                    scratch("dw", (G, C_og, K), x.dtype)
                 for g in range(G):
                     np.matmul(dyt[g * C_og:(g + 1) * C_og], cols[g * K:(g + 1) * K].T,
                               out=part[g])
-                if not first:
+                if acc is None:
+                    acc = part
+                else:
                     acc += part
             if need_dx:
-                dcols = worker_buffer(worker, "dcols", (G * K, T), x.dtype)
+                dcols = scratch("dcols", (G * K, T), x.dtype)
                 for g in range(G):
                     np.matmul(w[g].T, dyt[g * C_og:(g + 1) * C_og], out=dcols[g * K:(g + 1) * K])
                 _col2im_tile(dcols, dx, n0, n1, oh0, oh1, KH, KW, sh, sw, ph, pw, dh, dw)
-    parallel_for(task, len(tiles))
-    dweight = None
+        return acc
+    dweight = _sum_over_groups(len(tiles), work)
     if need_dw:
-        dweight = sum(dw_parts.values()).reshape(weight.shape)
+        dweight = dweight.reshape(weight.shape)
     return dx, dweight
 
 
@@ -638,7 +665,7 @@ def _wino_chunks(N, TH, K, C, itemsize):
     block's transformed input (16 x C x tiles) fits in TRANSFORM_BYTES."""
     tiles = max(K, TRANSFORM_BYTES // (16 * C * itemsize))
     if TH * K <= tiles:
-        per = max(1, min(tiles // (TH * K), math.ceil(N / (2 * num_threads()))))
+        per = max(1, min(tiles // (TH * K), math.ceil(N / (2 * DW_GROUPS))))
         return [(n, min(n + per, N), [(0, TH)]) for n in range(0, N, per)]
     rows = max(1, tiles // K)
     return [(n, n + 1, [(t, min(t + rows, TH)) for t in range(0, TH, rows)]) for n in range(N)]
@@ -672,7 +699,7 @@ def _winograd_forward(x, weight, bias, padding):
     def task(t, worker):
         n0, n1, th0, th1 = tasks[t]
         L = (th1 - th0) * K
-        buf = lambda name, *shape: worker_buffer(worker, name, shape, x.dtype)  # noqa: E731
+        buf = lambda name, *shape: scratch(name, shape, x.dtype)  # noqa: E731
         V, M = buf("wino_v", 16, C, (n1 - n0) * L), buf("wino_m", 16, C_out, (n1 - n0) * L)
         _wino_input(x, V, n0, n1, th0, th1, *padding, buf("wino_p", 2, 2, (th1 - th0 + 2) * K),
                     buf("wino_rw", 2, 4, L + 1))
@@ -688,12 +715,11 @@ def _winograd_backward(dy, x, weight, padding, need_dx, need_dw):
     OH, OW, TH, TW, K = _wino_geometry(H, W, padding)
     U_t = _wino_transform_weight(weight).transpose(0, 2, 1) if need_dx else None
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
-    parts = {}                                                  # worker -> its sum of Dy V^T
     chunks = _wino_chunks(N, TH, K, max(C, C_out), x.itemsize)
 
-    def task(t, worker):
+    def work(t, acc):
         n0, n1, blocks = chunks[t]
-        buf = lambda name, *shape: worker_buffer(worker, name, shape, x.dtype)  # noqa: E731
+        buf = lambda name, *shape: scratch(name, shape, x.dtype)  # noqa: E731
         if need_dx:
             dxP = buf("wino_dxp", n1 - n0, C, 2, 2, (TH + 2) * K)
             dxP[...] = 0
@@ -701,16 +727,16 @@ def _winograd_backward(dy, x, weight, padding, need_dx, need_dw):
             L = (th1 - th0) * K
             D = buf("wino_d", 16, C_out, (n1 - n0) * L)
             _wino_dy(dy, D, n0, n1, th0, th1, buf("wino_yd", 2, 2, L), buf("wino_e", 2, 4, L))
-            if need_dw:
+            if need_dw:                                         # sum over tiles of Dy V^T
                 V = buf("wino_v", 16, C, (n1 - n0) * L)
                 _wino_input(x, V, n0, n1, th0, th1, *padding,
                             buf("wino_p", 2, 2, (th1 - th0 + 2) * K), buf("wino_rw", 2, 4, L + 1))
-                if worker not in parts:
-                    parts[worker] = np.matmul(D, V.transpose(0, 2, 1))
+                if acc is None:
+                    acc = np.matmul(D, V.transpose(0, 2, 1))
                 else:
                     Z = buf("wino_z", 16, C_out, C)
                     np.matmul(D, V.transpose(0, 2, 1), out=Z)
-                    parts[worker] += Z
+                    acc += Z
             if need_dx:
                 Q = buf("wino_q", 16, C, (n1 - n0) * L)
                 np.matmul(U_t, D, out=Q)
@@ -718,10 +744,10 @@ def _winograd_backward(dy, x, weight, padding, need_dx, need_dw):
                          buf("wino_zt", 4, 4, L))
         if need_dx:
             _wino_dx_finish(dxP, dx, n0, n1, *padding)
-    parallel_for(task, len(chunks))
+        return acc
+    Z = _sum_over_groups(len(chunks), work)
     dweight = None
     if need_dw:
-        Z = sum(parts.values())
         dweight = np.empty(weight.shape, dtype=x.dtype)
         n_tasks, span = _plane_tasks(C_out)
         parallel_for(lambda t, worker: _wino_weight_grad(Z, dweight, *span(t)), n_tasks)
@@ -831,8 +857,8 @@ def _direct_forward(x, weight, bias, stride, padding, dilation, groups):
     per = max(1, math.ceil(N / (4 * num_threads())))
 
     def task(t, worker):
-        xpad = worker_buffer(worker, "xpad", (C, H + 2 * ph, W + 2 * pw), x.dtype)
-        acc = worker_buffer(worker, "acc", (OH * (W + 2 * pw),), x.dtype)
+        xpad = scratch("xpad", (C, H + 2 * ph, W + 2 * pw), x.dtype)
+        acc = scratch("acc", (OH * (W + 2 * pw),), x.dtype)
         _direct_forward_images(x, weight, b, y, t * per, min(N, (t + 1) * per), sh, sw, ph, pw,
                                dh, dw, groups, xpad, acc)
     parallel_for(task, math.ceil(N / per))
@@ -844,21 +870,17 @@ def _direct_backward(dy, x, weight, stride, padding, dilation, groups, need_dx, 
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     C, H, W = x.shape[1:]
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else np.empty((0, C, H, W), x.dtype)
-    per = max(1, math.ceil(N / (4 * num_threads())))
-    dw_parts = {}
-
-    def task(t, worker):
+    def work(n, acc):                                           # one image at a time
         Hp, Wp = H + 2 * ph, W + 2 * pw
-        xpad = worker_buffer(worker, "xpad", (C, Hp, Wp), x.dtype)
-        dxpad = worker_buffer(worker, "dxpad", (C, Hp, Wp), x.dtype)
-        dyw = worker_buffer(worker, "dyw", (OH * Wp,), x.dtype)
-        if worker not in dw_parts:
-            dw_parts[worker] = np.zeros(weight.shape, dtype=x.dtype)
-        _direct_backward_images(dy, x, weight, dx, dw_parts[worker], t * per,
-                                min(N, (t + 1) * per), sh, sw, ph, pw, dh, dw, groups, xpad,
-                                dxpad, dyw, need_dx, need_dw)
-    parallel_for(task, math.ceil(N / per))
-    return (dx if need_dx else None), (sum(dw_parts.values()) if need_dw else None)
+        if acc is None:
+            acc = np.zeros(weight.shape, dtype=x.dtype)
+        _direct_backward_images(dy, x, weight, dx, acc, n, n + 1, sh, sw,
+                                ph, pw, dh, dw, groups, scratch("xpad", (C, Hp, Wp), x.dtype),
+                                scratch("dxpad", (C, Hp, Wp), x.dtype),
+                                scratch("dyw", (OH * Wp,), x.dtype), need_dx, need_dw)
+        return acc
+    dweight = _sum_over_groups(N, work)
+    return (dx if need_dx else None), (dweight if need_dw else None)
 
 
 # ---- pooling -------------------------------------------------------------------------------------
