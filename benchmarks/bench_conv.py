@@ -204,7 +204,7 @@ def compile_worker() -> None:
     rng = np.random.default_rng(0)
 
     def step():
-        for c_in in (3, 16):                     # the direct path and the im2col + GEMM path
+        for c_in in (3, 16):       # direct (3 channels) or Winograd, then im2col + GEMM (stride 2)
             x = Tensor(rng.standard_normal((8, c_in, 12, 12)).astype(np.float32), True)
             w = Tensor(rng.standard_normal((16, c_in, 3, 3)).astype(np.float32), True)
             y = conv2d(x, w, padding=1)
@@ -232,8 +232,8 @@ def compile_time(threads: int) -> None:
         warm = json.loads(_run(["--compile-worker"], env))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    print("first call of the kernels of a training step (conv direct + GEMM, batch norm, "
-          "max pool; fwd+bwd, float32):")
+    print("first call of the kernels of a training step (conv: direct, Winograd, im2col + GEMM; "
+          "batch norm, max pool; fwd+bwd, float32):")
     print(f"  empty cache (compiling):   {cold['first'] - cold['second']:6.1f} s extra on the "
           f"first call (import {cold['import']:.1f} s)")
     print(f"  warm cache (loading):      {warm['first'] - warm['second']:6.2f} s extra on the "
