@@ -34,10 +34,10 @@ def test_train_writes_model_pictures_and_metrics(trained):
                  "metrics.json"):
         assert (trained / name).stat().st_size > 0, name
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert 0.0 <= metrics["valid_accuracy"] <= 1.0
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["epochs"] == 1 and metrics["lr"] > 0 and metrics["seconds"] > 0
     # 2,000 images and one epoch: far from the full result, but it has learned something
-    assert metrics["valid_accuracy"] > 0.5          # chance is 0.1
+    assert metrics["test_accuracy"] > 0.5          # chance is 0.1
 
 
 def test_evaluate_json_matches_the_training_run(trained, capsys):
@@ -45,7 +45,7 @@ def test_evaluate_json_matches_the_training_run(trained, capsys):
     assert code == 0
     result = json.loads(out)
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert result["accuracy"] == pytest.approx(metrics["valid_accuracy"], abs=1e-9)
+    assert result["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     cm = np.array(result["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == result["n"] == 10_000
     assert set(result["per_class_accuracy"]) == {str(i) for i in range(10)}
@@ -115,7 +115,8 @@ def test_grey_image_folder_trains_mnist_cnn_with_train_and_valid_subfolders(tmp_
                        "--batch-size", "4", "--quiet", "--out", out)
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "valid_accuracy" in metrics and metrics["arch"] == "mnist_cnn"
+    assert "valid_accuracy" in metrics and "test_accuracy" not in metrics
+    assert metrics["arch"] == "mnist_cnn"
 
 
 def test_plot_schedule_draws_png_and_ascii(tmp_path, capsys):
@@ -150,4 +151,4 @@ def test_default_train_on_a_6000_image_slice_passes_95_percent(tmp_path):
     code = main(["train", "--limit", "6000", "--epochs", "1", "--quiet", "--out", str(tmp_path)])
     assert code == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["valid_accuracy"] > 0.95, metrics
+    assert metrics["test_accuracy"] > 0.95, metrics

@@ -86,12 +86,13 @@ def detect_data(spec: str, valid_pct: float, seed: int, size=None) -> DataSpec:
 
 
 def _with_valid(kind, train, test, valid_pct, seed) -> DataSpec:
-    """With --valid-pct, hold out part of train for validation; else validate on the test split."""
+    """With --valid-pct, hold out part of train for validation; else the epochs are validated on
+    the test split itself (nothing is tuned on it: the LR finder only sees training batches)."""
     if valid_pct and valid_pct > 0:
         from . import data
         train, valid = data.split(train, valid_pct=valid_pct, seed=seed)
         return DataSpec(kind, train, valid, test, train.classes)
-    return DataSpec(kind, train, test, None, train.classes)
+    return DataSpec(kind, train, test, test, train.classes)
 
 
 def augmentation(name: str, kind: str, image_size: int):
@@ -176,7 +177,7 @@ def cmd_train(args) -> int:
     plot.plot_confusion_matrix(_confusion(probs.argmax(1), targets, len(ds.classes)), ds.classes,
                                path=os.path.join(out, "confusion.png"))
     model_path = tc.save(model, os.path.join(out, "model.npz"), classes=ds.classes,
-                         mean=stats[0].tolist(), std=stats[1].tolist(),
+                         mean=list(stats[0]), std=list(stats[1]),
                          image_shape=list(image_shape))
     metrics.update(seconds=round(time.time() - started, 1), lr=lr, epochs=args.epochs,
                    policy=args.policy, arch=arch, data=args.data, model=model_path)
