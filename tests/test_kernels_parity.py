@@ -293,3 +293,19 @@ def test_gradients_are_bit_identical_on_one_or_two_threads(case, monkeypatch, rn
         results.append(nb.conv2d_backward(dy, x, w, *geometry))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_winograd_float32_is_as_accurate_as_im2col(monkeypatch, rng):
+    # Winograd's transforms add and halve; in float32 its error must stay at im2col's level
+    x = rng.standard_normal((2, 64, 12, 12))
+    w = rng.standard_normal((32, 64, 3, 3)) / np.sqrt(9 * 64)
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    y_exact = ref.conv2d_forward(x, w, None, *geometry)
+    dy = rng.standard_normal(y_exact.shape)
+    exact = (y_exact, *ref.conv2d_backward(dy, x, w, *geometry))
+    x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
+    monkeypatch.setattr(nb, "WINOGRAD", True)
+    got = (nb.conv2d_forward(x32, w32, None, *geometry), *nb.conv2d_backward(dy32, x32, w32,
+                                                                               *geometry))
+    for g, e in zip(got, exact):
+        assert np.abs(g - e).max() <= 2e-6 * np.abs(e).max()
