@@ -324,7 +324,8 @@ def main(argv=None):
         profile(args.profile, args.steps or default_steps[args.profile], args.warmup)
         return
     print(f"training step, batch {BATCH}, float32, {args.threads} threads; median step time of "
-          f"the best of {args.rounds} rounds; largest peak RSS of a process")
+          f"the best of {args.rounds} rounds; largest peak RSS of a process; load average "
+          f"{os.getloadavg()[0]:.2f} at the start (other processes skew the timings)")
     print(f"{'net':<14}{'tinyconv img/s':>15}{'torch img/s':>13}{'time ratio':>12}"
           f"{'tc MB':>8}{'torch MB':>10}{'mem ratio':>11}")
     for net in args.nets.split(","):
@@ -340,6 +341,7 @@ def main(argv=None):
         print(f"{net:<14}{BATCH / ours:>15.0f}{BATCH / theirs:>13.0f}{ours / theirs:>12.2f}"
               f"{peak['tinyconv']:>8.0f}{peak['torch']:>10.0f}"
               f"{peak['tinyconv'] / peak['torch']:>11.2f}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
