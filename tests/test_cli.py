@@ -11,7 +11,7 @@ from PIL import Image
 
 from tinyconv.cli import main, sgdr_cycles
 
-QUICK = ["--limit", "2000", "--epochs", "1", "--batch-size", "32", "--quiet"]
+QUICK = ["--limit", "3000", "--epochs", "1", "--batch-size", "64", "--quiet"]
 
 
 def run(capsys, *argv):
@@ -36,8 +36,8 @@ def test_train_writes_model_pictures_and_metrics(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["epochs"] == 1 and metrics["lr"] > 0 and metrics["seconds"] > 0
-    # 2,000 images and one epoch: far from the full result, but it has learned something
-    assert metrics["test_accuracy"] > 0.5          # chance is 0.1
+    # 3,000 images and one epoch: far from the full result, but it has learned something
+    assert metrics["test_accuracy"] > 0.7          # chance is 0.1
 
 
 def test_evaluate_json_matches_the_training_run(trained, capsys):
