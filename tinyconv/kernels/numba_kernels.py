@@ -9,10 +9,16 @@ What is different here, and why:
   is unfolded (im2col), multiplied, and its result written straight into the NCHW output.
 - Threads over tiles. `parallel_for` (tinyconv/_threads.py) runs the tiles on one thread per core,
   each calling single-threaded BLAS; the Numba loops are `nogil`, so the threads run in parallel.
+  (Not Numba's parallel=True: its thread pool and OpenBLAS's would take turns spinning on the same
+  two cores; one pool for both is measured faster, see _threads.py.)
 - No copies around the GEMMs: a tile's result is a view into the output; a transposed weight is a
   transposed view (BLAS reads it as is).
+- Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions: 2.25x fewer multiplications, still as
+  BLAS products (see its section below). im2col + GEMM serves the strided, dilated, grouped rest.
 - A direct loop (no im2col) when a group has few input values per output (C/groups * KH * KW
   small: the first layer of a net, depthwise convolutions), where a GEMM would be mostly overhead.
+- Reproducible: weight gradients are summed over fixed groups of tiles, in order, so they do not
+  depend on the number of threads or on which thread ran what.
 - Batch norm: statistics and normalisation fused per channel (a channel of a batch fits in cache,
   so x is read from memory once), and a fused backward.
 
