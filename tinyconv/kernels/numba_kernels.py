@@ -476,19 +476,6 @@ def _b(o0, o1, o2, o3, q0, q1, q2, q3):
         o3[j] = -q3[j]
 
 
-@_inline
-def _split_row(even, odd, src, offset):
-    """even[k] = src[2k + offset], odd[k] = src[2k + 1 + offset] where that is inside src."""
-    lo, hi = _valid_range(offset, 2, src.size, even.size)
-    e, s = even[lo:hi], src[2 * lo + offset:]
-    for j in range(e.size):
-        e[j] = s[2 * j]
-    lo, hi = _valid_range(offset + 1, 2, src.size, odd.size)
-    o, s = odd[lo:hi], src[2 * lo + offset + 1:]
-    for j in range(o.size):
-        o[j] = s[2 * j]
-
-
 @_jit
 def _wino_weight(g, U, o0, o1):
     """U (16, C_out, C) <- G g G^T for output channels o0..o1 of g (C_out, C, 3, 3)."""
@@ -526,35 +513,43 @@ def _wino_weight_grad(Z, dw, o0, o1):
 
 
 @_jit
-def _wino_input(x, V, n0, n1, th0, th1, ph, pw, P, Rw):
+def _wino_input(x, V, n0, n1, th0, th1, ph, pw, Xp, T):
     """V (16, C, (n1-n0)*R*K) <- B^T d B for every tile of tile rows th0..th1 (R of them) of
     images n0..n1; tile (th, tw) reads the input block at rows 2th - ph, columns 2tw - pw.
 
-    Scratch: P (2, 2, (R+2)*K), the block's input rows in polyphase (zero outside the image);
-    Rw (2, 4, R*K + 1), B^T applied along the rows, per column phase.
+    Scratch: Xp (2, (R+1)*Wq), the block's zero-padded input rows (Wq = 2K wide), even rows then
+    odd rows: Xp[p, i*Wq + col] = x_padded[2(th0 + i) + p, col]. Then row r of a tile is a fixed
+    offset away in Xp[r % 2], and B^T on the rows is one flat loop. T (4, R*Wq + 2) holds that
+    result; tile j's four columns are then T[a, 2j .. 2j+3] (since Wq = 2K): B^T on the columns
+    is one flat loop too.
     """
-    C, H = x.shape[1], x.shape[2]
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     R = th1 - th0
-    K = P.shape[2] // (R + 2)
-    L = R * K
-    _zero(P.reshape(P.size))            # what lies outside the image stays zero for every plane
+    Wq = Xp.shape[1] // (R + 1)
+    L = R * (Wq // 2)
+    n = R * Wq
+    _zero(Xp.reshape(Xp.size))          # the padding stays zero for every plane
+    _zero(T.reshape(T.size))            # T's two-element tail is only read by junk tiles
     for i in range(n1 - n0):
         for c in range(C):
-            src = x[n0 + i, c]
-            for r in range(R + 2):
+            for r in range(R + 1):
                 for p in range(2):
                     ih = 2 * (th0 + r) + p - ph
                     if 0 <= ih < H:
-                        _split_row(P[p, 0, r * K:(r + 1) * K], P[p, 1, r * K:(r + 1) * K],
-                                   src[ih], -pw)
-            for q in range(2):         # rows: d_r is plane (r % 2, q) shifted by r // 2 rows
-                _bt(Rw[q, 0], Rw[q, 1], Rw[q, 2], Rw[q, 3], P[0, q, :L + 1], P[1, q, :L + 1],
-                    P[0, q, K:K + L + 1], P[1, q, K:K + L + 1])
+                        _copy(Xp[p, r * Wq + pw:r * Wq + pw + W], x[n0 + i, c, ih])
+            _bt(T[0, :n], T[1, :n], T[2, :n], T[3, :n],
+                Xp[0, :n], Xp[1, :n], Xp[0, Wq:Wq + n], Xp[1, Wq:Wq + n])
             e = i * L
-            for a in range(4):         # columns: d_s is Rw[s % 2, a] shifted by s // 2 tiles
-                _bt(V[4 * a, c, e:e + L], V[4 * a + 1, c, e:e + L], V[4 * a + 2, c, e:e + L],
-                    V[4 * a + 3, c, e:e + L], Rw[0, a, :L], Rw[1, a, :L], Rw[0, a, 1:L + 1],
-                    Rw[1, a, 1:L + 1])
+            for a in range(4):
+                t = T[a]
+                v0, v1 = V[4 * a, c, e:e + L], V[4 * a + 1, c, e:e + L]
+                v2, v3 = V[4 * a + 2, c, e:e + L], V[4 * a + 3, c, e:e + L]
+                for j in range(L):
+                    d0, d1, d2, d3 = t[2 * j], t[2 * j + 1], t[2 * j + 2], t[2 * j + 3]
+                    v0[j] = d0 - d2
+                    v1[j] = d1 + d2
+                    v2[j] = d2 - d1
+                    v3[j] = d1 - d3
 
 
 @_jit
@@ -593,77 +588,84 @@ def _wino_output(M, y, bias, n0, n1, th0, th1, S, Yp):
 
 
 @_jit
-def _wino_dy(dy, D, n0, n1, th0, th1, Yd, E):
+def _wino_dy(dy, D, n0, n1, th0, th1, Yp, E):
     """D (16, C_out, tiles) <- A dY A^T for every 2x2 tile of dy (zero beyond the output's edge).
 
-    Scratch: Yd (2, 2, L), dy in polyphase; E (2, 4, L), A along the rows, per column phase.
+    Scratch: Yp (2, R*Wq), the block's rows of dy, even rows then odd rows, as in _wino_input;
+    E (4, R*Wq), A along the rows; tile j's two columns are then E[a, 2j], E[a, 2j + 1].
     """
-    C_out, OH = dy.shape[1], dy.shape[2]
+    C_out, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     R = th1 - th0
-    L = Yd.shape[2]
-    K = L // R
-    _zero(Yd.reshape(Yd.size))          # beyond the edges (and the junk tiles) stays zero
+    n = Yp.shape[1]
+    Wq = n // R
+    L = n // 2
+    _zero(Yp.reshape(Yp.size))          # beyond the edges (and the junk tiles) stays zero
     for i in range(n1 - n0):
         for co in range(C_out):
-            for th in range(th0, th1):
+            for r in range(R):
                 for p in range(2):
-                    if 2 * th + p < OH:
-                        t = (th - th0) * K
-                        _split_row(Yd[p, 0, t:t + K], Yd[p, 1, t:t + K],
-                                   dy[n0 + i, co, 2 * th + p], 0)
-            for q in range(2):
-                _a(E[q, 0], E[q, 1], E[q, 2], E[q, 3], Yd[0, q], Yd[1, q])
+                    oh = 2 * (th0 + r) + p
+                    if oh < OH:
+                        _copy(Yp[p, r * Wq:r * Wq + OW], dy[n0 + i, co, oh])
+            _a(E[0], E[1], E[2], E[3], Yp[0], Yp[1])
             e = i * L
             for a in range(4):
-                _a(D[4 * a, co, e:e + L], D[4 * a + 1, co, e:e + L], D[4 * a + 2, co, e:e + L],
-                   D[4 * a + 3, co, e:e + L], E[0, a], E[1, a])
+                t = E[a]
+                d0, d1 = D[4 * a, co, e:e + L], D[4 * a + 1, co, e:e + L]
+                d2, d3 = D[4 * a + 2, co, e:e + L], D[4 * a + 3, co, e:e + L]
+                for j in range(L):
+                    y0, y1 = t[2 * j], t[2 * j + 1]
+                    d0[j] = y0
+                    d1[j] = y0 + y1
+                    d2[j] = y0 - y1
+                    d3[j] = -y1
 
 
 @_jit
-def _wino_dx(Q, dxP, n0, n1, th0, th1, Wb, Z):
-    """dxP += B q B^T for every tile of Q (16, C, tiles): dxP (n1-n0, C, 2, 2, (TH+2)*K) holds
-    the padded input gradient of images n0..n1 in polyphase; neighbouring tiles' 4x4 blocks
-    overlap, so each position sums four shifted contributions.
+def _wino_dx(Q, dXp, n0, n1, th0, th1, G, BG):
+    """dXp += the adjoint of _wino_input applied to Q (16, C, tiles): dXp (n1-n0, C, 2, TH+1, Wq)
+    is the padded input gradient of images n0..n1, even rows then odd rows.
 
-    Scratch: Wb (4, 4, L), B along the rows; Z (4, 4, L), then along the columns.
+    Scratch: G (4, R*Wq + 2), the gradient of _wino_input's T: B q on the columns, where tile j
+    writes 2j .. 2j+3 and so overlaps its neighbour (position 2m gets tile m's first and tile
+    m-1's third value); BG (4, R*Wq), B on the rows.
     """
     C = Q.shape[1]
     R = th1 - th0
-    L = Wb.shape[2]
-    K = L // R
+    n = BG.shape[1]
+    Wq = n // R
+    L = n // 2
+    base = th0 * Wq
     for i in range(n1 - n0):
         for c in range(C):
             e = i * L
-            for b in range(4):
-                _b(Wb[0, b], Wb[1, b], Wb[2, b], Wb[3, b], Q[b, c, e:e + L], Q[4 + b, c, e:e + L],
-                   Q[8 + b, c, e:e + L], Q[12 + b, c, e:e + L])
-            for r in range(4):
-                _b(Z[r, 0], Z[r, 1], Z[r, 2], Z[r, 3], Wb[r, 0], Wb[r, 1], Wb[r, 2], Wb[r, 3])
-            for r in range(4):         # block position (r, s) of tile j lands in plane
-                for s in range(4):     # (r % 2, s % 2) at j + (r // 2)*K + s // 2
-                    start = th0 * K + (r // 2) * K + s // 2
-                    _add(dxP[i, c, r % 2, s % 2, start:start + L], Z[r, s])
+            for a in range(4):
+                q0, q1 = Q[4 * a, c, e:e + L], Q[4 * a + 1, c, e:e + L]
+                q2, q3 = Q[4 * a + 2, c, e:e + L], Q[4 * a + 3, c, e:e + L]
+                g = G[a]
+                g[0] = q0[0]
+                g[1] = q1[0] - q2[0] + q3[0]
+                # B q = [q0, q1 - q2 + q3, q1 + q2 - q0, -q3] at 2m .. 2m+3, overlapping
+                p0, p1, p2, p3 = q0[1:], q1[1:], q2[1:], q3[1:]
+                g2 = g[2:]
+                for j in range(L - 1):
+                    g2[2 * j] = p0[j] + q1[j] + q2[j] - q0[j]
+                    g2[2 * j + 1] = p1[j] - p2[j] + p3[j] - q3[j]
+            _b(BG[0], BG[1], BG[2], BG[3], G[0, :n], G[1, :n], G[2, :n], G[3, :n])
+            for r in range(4):         # row r of the tiles is row r // 2 of phase r % 2
+                start = base + (r // 2) * Wq
+                _add(dXp[i, c, r % 2].reshape(-1)[start:start + n], BG[r])
 
 
 @_jit
-def _wino_dx_finish(dxP, dx, n0, n1, ph, pw):
-    """dx[n0:n1] <- the polyphase planes, without the padding:
-    dx[ih, iw] = dxP[(ih + ph) % 2, (iw + pw) % 2][((ih + ph) // 2)*K + (iw + pw) // 2]."""
+def _wino_dx_finish(dXp, dx, n0, n1, ph, pw):
+    """dx[n0:n1] <- the padded gradient without its padding: input row ih is padded row ih + ph,
+    stored as row (ih + ph) // 2 of phase (ih + ph) % 2."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    K = dxP.shape[4] // ((H + 2 * ph + 1) // 2 + 1)
-    first, k0 = pw % 2, pw // 2
     for i in range(n1 - n0):
         for c in range(C):
             for ih in range(H):
-                p, start = (ih + ph) % 2, ((ih + ph) // 2) * K + k0
-                even = dxP[i, c, p, first, start:start + K]
-                odd = dxP[i, c, p, 1 - first, start + first:start + first + K]
-                row = dx[n0 + i, c, ih]
-                for j in range(W // 2):
-                    row[2 * j] = even[j]
-                    row[2 * j + 1] = odd[j]
-                if W % 2:
-                    row[W - 1] = even[W // 2]
+                _copy(dx[n0 + i, c, ih], dXp[i, c, (ih + ph) % 2, (ih + ph) // 2, pw:pw + W])
 
 
 def _wino_chunks(N, TH, K, C, itemsize):
@@ -707,8 +709,8 @@ def _winograd_forward(x, weight, bias, padding):
         L = (th1 - th0) * K
         buf = lambda name, *shape: scratch(name, shape, x.dtype)  # noqa: E731
         V, M = buf("wino_v", 16, C, (n1 - n0) * L), buf("wino_m", 16, C_out, (n1 - n0) * L)
-        _wino_input(x, V, n0, n1, th0, th1, *padding, buf("wino_p", 2, 2, (th1 - th0 + 2) * K),
-                    buf("wino_rw", 2, 4, L + 1))
+        _wino_input(x, V, n0, n1, th0, th1, *padding, buf("wino_xp", 2, (th1 - th0 + 1) * 2 * K),
+                    buf("wino_t", 4, 2 * L + 2))
         np.matmul(U, V, out=M)                                  # the 16 products, one call
         _wino_output(M, y, b, n0, n1, th0, th1, buf("wino_s", 2, 4, L), buf("wino_y", 2, 2, L))
     parallel_for(task, len(tasks))
@@ -727,16 +729,16 @@ def _winograd_backward(dy, x, weight, padding, need_dx, need_dw):
         n0, n1, blocks = chunks[t]
         buf = lambda name, *shape: scratch(name, shape, x.dtype)  # noqa: E731
         if need_dx:
-            dxP = buf("wino_dxp", n1 - n0, C, 2, 2, (TH + 2) * K)
-            dxP[...] = 0
+            dXp = buf("wino_dxp", n1 - n0, C, 2, TH + 1, 2 * K)
+            dXp[...] = 0
         for th0, th1 in blocks:
             L = (th1 - th0) * K
             D = buf("wino_d", 16, C_out, (n1 - n0) * L)
-            _wino_dy(dy, D, n0, n1, th0, th1, buf("wino_yd", 2, 2, L), buf("wino_e", 2, 4, L))
+            _wino_dy(dy, D, n0, n1, th0, th1, buf("wino_yp", 2, 2 * L), buf("wino_e", 4, 2 * L))
             if need_dw:                                         # sum over tiles of Dy V^T
                 V = buf("wino_v", 16, C, (n1 - n0) * L)
                 _wino_input(x, V, n0, n1, th0, th1, *padding,
-                            buf("wino_p", 2, 2, (th1 - th0 + 2) * K), buf("wino_rw", 2, 4, L + 1))
+                            buf("wino_xp", 2, (th1 - th0 + 1) * 2 * K), buf("wino_t", 4, 2 * L + 2))
                 if acc is None:
                     acc = np.matmul(D, V.transpose(0, 2, 1))
                 else:
@@ -746,10 +748,10 @@ def _winograd_backward(dy, x, weight, padding, need_dx, need_dw):
             if need_dx:
                 Q = buf("wino_q", 16, C, (n1 - n0) * L)
                 np.matmul(U_t, D, out=Q)
-                _wino_dx(Q, dxP, n0, n1, th0, th1, buf("wino_wb", 4, 4, L),
-                         buf("wino_zt", 4, 4, L))
+                _wino_dx(Q, dXp, n0, n1, th0, th1, buf("wino_g", 4, 2 * L + 2),
+                         buf("wino_bg", 4, 2 * L))
         if need_dx:
-            _wino_dx_finish(dxP, dx, n0, n1, *padding)
+            _wino_dx_finish(dXp, dx, n0, n1, *padding)
         return acc
     Z = _sum_over_groups(len(chunks), work)
     dweight = None
