@@ -47,11 +47,9 @@ class Buffer(Tensor):
         return f"Buffer(shape={self.shape}, dtype={self.dtype})"
 
 
-class StateDictError(KeyError):
-    """load_state_dict: keys missing, unexpected, or with the wrong shape."""
-
-    def __str__(self) -> str:            # KeyError would print the message quoted, on one line
-        return str(self.args[0])
+class StateDictError(RuntimeError):
+    """load_state_dict: keys missing, unexpected, or with the wrong shape (a RuntimeError, as in
+    PyTorch)."""
 
 
 class Module:
