@@ -28,7 +28,6 @@ import math
 import os
 import random
 import types
-import uuid
 from functools import partial
 
 import numpy as np
@@ -654,14 +653,9 @@ class Learner:
                     learner["opt_state"][str(i)][k] = v
             gens = self._generators()
             learner["rng"] = [_jsonable_state(g.bit_generator.state) for g in gens]
-        header = {"format": serialize.FORMAT, "format_version": serialize.FORMAT_VERSION,
-                  "arch": getattr(self.model, "arch_name", None),
-                  "arch_args": getattr(self.model, "arch_args", None),
-                  "model_class": type(self.model).__name__, "keys": list(state),
-                  "meta": {**getattr(self.model, "meta", {}), **self._data_meta(), **meta},
-                  "learner": learner}
-        arrays[serialize.HEADER_KEY] = np.array(json.dumps(header, default=_jsonable))
-        _atomic_savez(path, arrays)
+        header = serialize.model_header(self.model, list(state), {**self._data_meta(), **meta})
+        header["learner"] = learner
+        serialize.write_model_file(path, arrays, header)
         return path
 
     def _data_meta(self) -> dict:
@@ -693,23 +687,3 @@ class Learner:
             for g, s in zip(gens, learner["rng"]):
                 g.bit_generator.state = s
         return self
-
-
-def _jsonable(value):
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.tolist()
-    raise TypeError(f"save: cannot write a {type(value).__name__} in the JSON header")
-
-
-def _atomic_savez(path: str, arrays: dict) -> None:
-    """np.savez to a temporary file in the same folder, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
