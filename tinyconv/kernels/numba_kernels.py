@@ -46,6 +46,8 @@ _jit_sum = njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
 COLS_BYTES_FORWARD = 2 << 20     # a forward tile's im2col columns (measured: 2-4 MB are best)
 COLS_BYTES_BACKWARD = 4 << 20    # backward: larger, the dW product sums over the tile
 DIRECT_MAX_TAPS = 32             # C/groups*KH*KW at or below this: direct loops, no im2col
+MIN_GEMM_COLUMNS = 256           # columns of a product at least (small maps: several images)
+MIN_TASKS = 4                    # a batch is cut into at least this many tiles (when it can be)
 
 
 # ---- vector helpers ------------------------------------------------------------------------------
@@ -242,10 +244,12 @@ def _tiles(N, OH, OW, rows_of_cols, itemsize, budget):
     races), each with the output-row ranges it is processed in. Either a range is one image cut
     into row blocks, or several whole images.
     """
-    width = max(OW, budget // (rows_of_cols * itemsize))        # columns per tile
+    # columns per tile: what fits the budget, but never so few that BLAS spends its time packing
+    # the weight (small feature maps: many images side by side)
+    width = max(OW, budget // (rows_of_cols * itemsize), MIN_GEMM_COLUMNS)
     if OH * OW <= width:
-        # enough tiles for the threads, and the same tiles whatever their number (reproducible)
-        per = max(1, min(width // (OH * OW), math.ceil(N / (2 * DW_GROUPS))))
+        # at least MIN_TASKS tiles, and the same tiles whatever the thread count (reproducible)
+        per = max(1, min(width // (OH * OW), math.ceil(N / MIN_TASKS)))
         return [(n, min(n + per, N), [(0, OH)]) for n in range(0, N, per)]
     rows = max(1, width // OW)
     blocks = [(r, min(r + rows, OH)) for r in range(0, OH, rows)]
@@ -478,17 +482,18 @@ def _b(o0, o1, o2, o3, q0, q1, q2, q3):
 
 @_jit
 def _wino_weight(g, U, o0, o1):
-    """U (16, C_out, C) <- G g G^T for output channels o0..o1 of g (C_out, C, 3, 3)."""
+    """U (16, C_out, C) <- G g G^T for output channels o0..o1 of g (C_out, C, 3, 3), with
+    G [k0, k1, k2] = [k0, (k0 + k1 + k2)/2, (k0 - k1 + k2)/2, k2] on the columns, then the rows."""
+    t = np.empty((4, 3))                              # G g, reused for every filter
     for o in range(o0, o1):
         for c in range(g.shape[1]):
             k = g[o, c]
-            t = np.empty((4, 3))                      # G g: combine the filter's rows
             for j in range(3):
                 t[0, j] = k[0, j]
                 t[1, j] = 0.5 * (k[0, j] + k[1, j] + k[2, j])
                 t[2, j] = 0.5 * (k[0, j] - k[1, j] + k[2, j])
                 t[3, j] = k[2, j]
-            for a in range(4):                        # (G g) G^T: the same along the columns
+            for a in range(4):
                 U[4 * a + 0, o, c] = t[a, 0]
                 U[4 * a + 1, o, c] = 0.5 * (t[a, 0] + t[a, 1] + t[a, 2])
                 U[4 * a + 2, o, c] = 0.5 * (t[a, 0] - t[a, 1] + t[a, 2])
@@ -497,16 +502,17 @@ def _wino_weight(g, U, o0, o1):
 
 @_jit
 def _wino_weight_grad(Z, dw, o0, o1):
-    """dw (C_out, C, 3, 3) <- G^T z G for output channels o0..o1 of Z (16, C_out, C)."""
+    """dw (C_out, C, 3, 3) <- G^T z G for output channels o0..o1 of Z (16, C_out, C), with
+    G^T [z0, .., z3] = [z0 + (z1 + z2)/2, (z1 - z2)/2, (z1 + z2)/2 + z3] (the adjoint of G)."""
+    t = np.empty((3, 4))                              # G^T z on the rows, reused
     for o in range(o0, o1):
         for c in range(Z.shape[2]):
-            t = np.empty((3, 4))                      # G^T z on the rows (4 -> 3)
             for b in range(4):
                 z0, z1, z2, z3 = Z[b, o, c], Z[4 + b, o, c], Z[8 + b, o, c], Z[12 + b, o, c]
                 t[0, b] = z0 + 0.5 * (z1 + z2)
                 t[1, b] = 0.5 * (z1 - z2)
                 t[2, b] = 0.5 * (z1 + z2) + z3
-            for i in range(3):                        # then on the columns
+            for i in range(3):
                 dw[o, c, i, 0] = t[i, 0] + 0.5 * (t[i, 1] + t[i, 2])
                 dw[o, c, i, 1] = 0.5 * (t[i, 1] - t[i, 2])
                 dw[o, c, i, 2] = 0.5 * (t[i, 1] + t[i, 2]) + t[i, 3]
@@ -671,9 +677,9 @@ def _wino_dx_finish(dXp, dx, n0, n1, ph, pw):
 def _wino_chunks(N, TH, K, C, itemsize):
     """[(n0, n1, [(th0, th1), ...])]: image ranges, each with its blocks of tile rows, such that a
     block's transformed input (16 x C x tiles) fits in TRANSFORM_BYTES."""
-    tiles = max(K, TRANSFORM_BYTES // (16 * C * itemsize))
+    tiles = max(K, TRANSFORM_BYTES // (16 * C * itemsize), MIN_GEMM_COLUMNS)
     if TH * K <= tiles:
-        per = max(1, min(tiles // (TH * K), math.ceil(N / (2 * DW_GROUPS))))
+        per = max(1, min(tiles // (TH * K), math.ceil(N / MIN_TASKS)))
         return [(n, min(n + per, N), [(0, TH)]) for n in range(0, N, per)]
     rows = max(1, tiles // K)
     return [(n, n + 1, [(t, min(t + rows, TH)) for t in range(0, TH, rows)]) for n in range(N)]
