@@ -152,9 +152,8 @@ def test_pooling_matches_reference(shape, case, dtype, rng):
     np.testing.assert_array_equal(arg_nb, arg_ref)
     assert y_nb.dtype == dtype and arg_nb.dtype == np.int32
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
-    dx_ref = ref.max_pool2d_backward(dy, arg_ref, x.shape)
-    np.testing.assert_array_equal(nb.max_pool2d_backward(dy, arg_nb, x.shape), dx_ref)
-    np.testing.assert_array_equal(nb.max_pool2d_backward(dy, arg_nb, x.shape, *case), dx_ref)
+    np.testing.assert_array_equal(nb.max_pool2d_backward(dy, arg_nb, x.shape),
+                                  ref.max_pool2d_backward(dy, arg_ref, x.shape))
     np.testing.assert_allclose(nb.avg_pool2d_forward(x, *case), ref.avg_pool2d_forward(x, *case),
                                **_tol(dtype))
     np.testing.assert_allclose(nb.avg_pool2d_backward(dy, x.shape, *case),

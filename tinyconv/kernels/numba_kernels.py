@@ -966,30 +966,6 @@ def _max_pool_backward_planes(dy, arg, dx, p0, p1):
 
 
 @_jit
-def _max_pool_2x2_backward_planes(dy, arg, dx, p0, p1):
-    """dx (planes, H, W) <- dy at each 2x2 block's argmax, 0 at its three other pixels (and on an
-    odd last row or column, which no window covers)."""
-    H, W = dx.shape[1], dx.shape[2]
-    OH, OW = dy.shape[1], dy.shape[2]
-    for p in range(p0, p1):
-        for oh in range(OH):
-            top, bottom = dx[p, 2 * oh], dx[p, 2 * oh + 1]
-            g, a = dy[p, oh], arg[p, oh]
-            for j in range(OW):
-                k = a[j] - (2 * oh * W + 2 * j)        # 0, 1, W or W + 1 within the block
-                v = g[j]
-                top[2 * j] = v if k == 0 else 0
-                top[2 * j + 1] = v if k == 1 else 0
-                bottom[2 * j] = v if k == W else 0
-                bottom[2 * j + 1] = v if k == W + 1 else 0
-            if W % 2:
-                top[W - 1] = 0
-                bottom[W - 1] = 0
-        if H % 2:
-            dx[p, H - 1] = 0
-
-
-@_jit
 def _avg_pool_planes(x, y, p0, p1, KH, KW, sh, sw, ph, pw):
     """y (planes, OH, OW) <- window sums of x / (KH*KW) (padding counted as zeros)."""
     H, W = x.shape[1], x.shape[2]
@@ -1058,26 +1034,16 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     return y.reshape(N, C, OH, OW), arg.reshape(N, C, OH, OW)
 
 
-def max_pool2d_backward(dy, argmax, x_shape, kernel_size=None, stride=None, padding=None):
-    """Route each output gradient to the input pixel that was the maximum (sums where shared).
-
-    The window geometry is optional; 2x2 windows with stride 2 and no padding (disjoint) let
-    every input pixel be written once, without zeroing dx first.
-    """
+def max_pool2d_backward(dy, argmax, x_shape):
+    """Route each output gradient to the input pixel that was the maximum (sums where shared)."""
     N, C, H, W = x_shape
     dys = np.ascontiguousarray(dy).reshape(N * C, -1)
     args = np.ascontiguousarray(argmax).reshape(N * C, -1)
     dx = np.empty((N * C, H * W), dtype=dy.dtype)
     n_tasks, span = _plane_tasks(N * C)
-    disjoint_2x2 = kernel_size == stride == (2, 2) and padding == (0, 0)
 
     def task(t, worker):
-        if disjoint_2x2:
-            _max_pool_2x2_backward_planes(dys.reshape(N * C, H // 2, W // 2),
-                                          args.reshape(N * C, H // 2, W // 2),
-                                          dx.reshape(N * C, H, W), *span(t))
-        else:
-            _max_pool_backward_planes(dys, args, dx, *span(t))
+        _max_pool_backward_planes(dys, args, dx, *span(t))
     parallel_for(task, n_tasks)
     return dx.reshape(x_shape)
 

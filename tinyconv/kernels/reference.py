@@ -122,11 +122,8 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     return np.ascontiguousarray(y), (ih * W + iw).astype(np.int32)
 
 
-def max_pool2d_backward(dy, argmax, x_shape, kernel_size=None, stride=None, padding=None):
-    """Route each output gradient to the input pixel that was the maximum (sums where shared).
-
-    The window geometry is optional: argmax says everything; a fast kernel may use it.
-    """
+def max_pool2d_backward(dy, argmax, x_shape):
+    """Route each output gradient to the input pixel that was the maximum (sums where shared)."""
     N, C, H, W = x_shape
     dx = np.zeros((N * C, H * W), dtype=dy.dtype)
     rows = np.repeat(np.arange(N * C), argmax[0, 0].size)

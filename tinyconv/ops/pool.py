@@ -47,13 +47,13 @@ class MaxPool2d(Function):
     def forward(ctx, x, kernel_size=(2, 2), stride=(2, 2), padding=(0, 0)):
         _check("max_pool2d", x, kernel_size, stride, padding)
         y, ctx.argmax = kernels.backend().max_pool2d_forward(x, kernel_size, stride, padding)
-        ctx.x_shape, ctx.geometry = x.shape, (kernel_size, stride, padding)
+        ctx.x_shape = x.shape
         return y
 
     @staticmethod
     def backward(ctx, dy):
         # y = x[argmax]  =>  dx[argmax] += dy, zero elsewhere
-        return kernels.backend().max_pool2d_backward(dy, ctx.argmax, ctx.x_shape, *ctx.geometry)
+        return kernels.backend().max_pool2d_backward(dy, ctx.argmax, ctx.x_shape)
 
 
 class AvgPool2d(Function):
