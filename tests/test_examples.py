@@ -55,4 +55,4 @@ def test_cifar_examples_run_on_a_few_images():
     assert "with TTA" in out
     out = run_example("07_transfer_cats_dogs.py", "--data", CIFAR, "--pretrain-epochs", 1,
                       "--limit", 600, "--width", 8)
-    assert out.count("accuracy") == 6
+    assert out.count("accuracy") == 5        # pre-trained, new head, frozen, unfrozen, TTA
