@@ -111,7 +111,7 @@ def worker(impl: str, samples: int, threads: int) -> None:
 
 def _env(threads: int, **extra) -> dict:
     return dict(os.environ, TINYCONV_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-                NUMBA_NUM_THREADS=str(threads), **extra)
+                NUMBA_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), **extra)
 
 
 def _run(args: list, env: dict) -> str:
@@ -270,9 +270,11 @@ def main(argv=None):
             impls.remove("torch")
     blas = _blas_line(args.threads)
     print(f"conv 3x3 pad 1, batch {BATCH}, float32, {args.threads} threads, median of "
-          f"{args.rounds} rounds x {args.samples} samples, ms; {blas}")
+          f"{args.rounds} rounds x {args.samples} samples, ms; {blas}; load average "
+          f"{os.getloadavg()[0]:.1f} at the start")
     ms = compare(impls, args.rounds, args.samples, args.threads)
     report(ms, args.markdown)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         Path(args.json).write_text(json.dumps(ms, indent=1))
 
