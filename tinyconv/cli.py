@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default: mnist_cnn on the bundled MNIST)")
     _data_args(p)
     _model_args(p)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", default="auto",
                    help="a learning rate; auto: the LR finder's lowest-loss lr; valley, slide, "
                         "minimum or steep: that LR-finder suggestion (default: %(default)s)")
@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot-schedule", help="preview a learning-rate policy (PNG + terminal)")
     p.add_argument("--policy", choices=POLICIES, default="one_cycle")
     p.add_argument("--lr", default="0.1")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--iters", type=int, default=100, help="batches per epoch")
     p.add_argument("--cycle-len", type=int, default=1)
     p.add_argument("--cycle-mult", type=int, default=2)
