@@ -432,7 +432,6 @@ def test_array_dataset_checks_shapes_and_labels():
 
 
 def test_image_folder_refuses_an_empty_class_folder(tmp_path):
-    from PIL import Image
     (tmp_path / "cat").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat" / "0.png")
     (tmp_path / "dog").mkdir()
