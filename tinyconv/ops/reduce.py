@@ -64,13 +64,18 @@ class Mean(Function):
         return np.broadcast_to(dy, ctx.x_shape)
 
 
+def _extreme(ctx, x, axis, keepdims, pick) -> np.ndarray:
+    """Forward of max (pick=np.max) and min (np.min): remember who won, and how many tied."""
+    ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
+    y = pick(x, axis=ctx.axes, keepdims=True)
+    ctx.winners = _winners(x, y, ctx.axes)
+    return np.asarray(y if keepdims else y.squeeze(ctx.axes))
+
+
 class Max(Function):
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
-        ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
-        y = x.max(axis=ctx.axes, keepdims=True)
-        ctx.winners = _winners(x, y, ctx.axes)
-        return np.asarray(y if keepdims else y.squeeze(ctx.axes))
+        return _extreme(ctx, x, axis, keepdims, np.max)
 
     @staticmethod
     def backward(ctx, dy):
@@ -81,10 +86,7 @@ class Max(Function):
 class Min(Function):
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
-        ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
-        y = x.min(axis=ctx.axes, keepdims=True)
-        ctx.winners = _winners(x, y, ctx.axes)
-        return np.asarray(y if keepdims else y.squeeze(ctx.axes))
+        return _extreme(ctx, x, axis, keepdims, np.min)
 
     @staticmethod
     def backward(ctx, dy):
