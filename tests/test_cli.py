@@ -51,6 +51,25 @@ def test_evaluate_json_matches_the_training_run(trained, capsys):
     assert set(result["per_class_accuracy"]) == {str(i) for i in range(10)}
 
 
+def test_evaluate_flip_tta_averages_each_image_with_its_mirror(trained, capsys):
+    import tinyconv as tc
+    code, out, _ = run(capsys, "evaluate", trained / "model.npz", "--data", "mnist", "--json",
+                       "--tta", "flip")
+    assert code == 0
+    result = json.loads(out)
+    model = tc.load(trained / "model.npz")
+    test = tc.data.MNIST(train=False)
+    mean, std = (np.asarray(model.meta[k], np.float32) for k in ("mean", "std"))
+    x = ((test.images.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
+    with tc.no_grad():
+        model.eval()
+        logits = [model(tc.Tensor(np.ascontiguousarray(v))).data for v in (x, x[..., ::-1])]
+    probs = sum(np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True))
+                .sum(1, keepdims=True) for z in logits)
+    assert result["tta"] == "flip"
+    assert result["accuracy"] == pytest.approx((probs.argmax(1) == test.labels).mean(), abs=2e-4)
+
+
 def test_predict_prints_top_k(trained, tmp_path, capsys):
     import tinyconv as tc
     digit = tc.data.MNIST(train=False)

@@ -46,6 +46,19 @@ def test_forward_shapes_and_dtype(rng):
     assert y.shape == (2, 7) and y.dtype == np.float32
 
 
+def test_logit_scale_multiplies_the_logits_and_survives_a_save(rng, tmp_path):
+    plain = models.resnet9(width=4, rng=np.random.default_rng(1))
+    scaled = models.resnet9(width=4, logit_scale=0.125, rng=np.random.default_rng(1))
+    assert list(scaled.state_dict()) == list(plain.state_dict())    # Scale has no parameters
+    plain.eval(), scaled.eval()
+    x = tc.Tensor(rng.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    np.testing.assert_allclose(scaled(x).data, 0.125 * plain(x).data, rtol=1e-6, atol=1e-7)
+    path = tc.save(scaled, tmp_path / "scaled.npz")
+    again = tc.load(path)
+    assert again.arch_args["logit_scale"] == 0.125
+    np.testing.assert_array_equal(again(x).data, scaled(x).data)
+
+
 def test_build_by_name_and_errors():
     net = models.build("resnet9", num_classes=5, width=4)
     assert (net.arch_name, net.arch_args) == ("resnet9", {"num_classes": 5, "width": 4})

@@ -13,7 +13,7 @@ discriminative learning rates. `arch_name` and `arch_args` let tc.load rebuild t
 """
 from __future__ import annotations
 
-from .nn.layers import Flatten, Linear, MaxPool2d, ReLU, Residual, conv_bn
+from .nn.layers import Flatten, Linear, MaxPool2d, ReLU, Residual, Scale, conv_bn
 from .nn.module import Module, Sequential
 
 __all__ = ["MnistCNN", "ResNet9", "mnist_cnn", "resnet9", "ARCHITECTURES", "build"]
@@ -44,17 +44,24 @@ class ResNet9(Sequential):
     conv_bn(3,c0), conv_bn(c0,c1), MaxPool2, Residual(c1),      32x32 -> 16x16
     conv_bn(c1,c2), MaxPool2, conv_bn(c2,c3), MaxPool2,          16x16 -> 8x8 -> 4x4
     Residual(c3), MaxPool2d(4), Flatten, Linear(c3, num_classes, bias=False)
+
+    logit_scale != 1 appends Scale(logit_scale), Page's final Mul(0.125) (no parameters, so the
+    state_dict keys are unchanged); the default 1 is the exact graph of REFERENCE.md.
     """
 
     arch_name = "resnet9"
 
-    def __init__(self, num_classes: int = 10, width: int = 64, rng=None):
+    def __init__(self, num_classes: int = 10, width: int = 64, logit_scale: float = 1.0, rng=None):
         c0, c1, c2, c3 = width, 2 * width, 4 * width, 8 * width
+        head = [Scale(logit_scale)] if logit_scale != 1 else []
         super().__init__(conv_bn(3, c0, rng), conv_bn(c0, c1, rng), MaxPool2d(2), Residual(c1, rng),
                          conv_bn(c1, c2, rng), MaxPool2d(2), conv_bn(c2, c3, rng), MaxPool2d(2),
                          Residual(c3, rng),
-                         MaxPool2d(4), Flatten(), Linear(c3, num_classes, bias=False, rng=rng))
+                         MaxPool2d(4), Flatten(), Linear(c3, num_classes, bias=False, rng=rng),
+                         *head)
         self.arch_args = {"num_classes": num_classes, "width": width}
+        if logit_scale != 1:
+            self.arch_args["logit_scale"] = float(logit_scale)
 
     def groups(self) -> list[Module]:
         """[stem + first residual (32x32 and 16x16), deeper body (8x8 and 4x4), pool + linear]."""
@@ -66,9 +73,10 @@ def mnist_cnn(num_classes: int = 10, rng=None) -> MnistCNN:
     return MnistCNN(num_classes, rng=rng)
 
 
-def resnet9(num_classes: int = 10, width: int = 64, rng=None) -> ResNet9:
-    """ResNet-9 (6,573,120 parameters at width 64; 1,646,112 at width 32)."""
-    return ResNet9(num_classes, width, rng=rng)
+def resnet9(num_classes: int = 10, width: int = 64, logit_scale: float = 1.0, rng=None) -> ResNet9:
+    """ResNet-9 (6,573,120 parameters at width 64; 1,646,112 at width 32); logit_scale=0.125 is
+    Page's scaled classifier output."""
+    return ResNet9(num_classes, width, logit_scale, rng=rng)
 
 
 ARCHITECTURES = {"mnist_cnn": mnist_cnn, "resnet9": resnet9}
