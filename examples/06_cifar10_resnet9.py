@@ -1,5 +1,8 @@
 """CIFAR-10 with ResNet-9: pad-and-crop + flip augmentation, label smoothing, one-cycle, TTA.
 
+Page's ResNet-9 multiplies its logits by 0.125 (logit_scale): with lr 0.4 it is worth several
+points (width 16, 6 epochs: 78.9% plain, 82.8% scaled).
+
 Run: python examples/06_cifar10_resnet9.py [--data ../shared/datasets/cifar10/train]
         [--width 32] [--epochs 10] [--limit N]
 Holds out 10% of the training folder (5,000 images, seeded) for validation and reports the
@@ -33,13 +36,15 @@ train_dl, valid_dl = tc.data.loaders(train, valid, batch_size=args.batch_size, s
                                      transform=A.cifar_transforms())   # pad 4, crop 32, flip
 print(f"{len(train)} training and {len(valid)} validation images, {len(train_dl)} batches/epoch")
 
-model = tc.models.resnet9(num_classes=10, width=args.width, rng=np.random.default_rng(0))
+model = tc.models.resnet9(num_classes=10, width=args.width, logit_scale=0.125,
+                          rng=np.random.default_rng(0))
 learn = tc.Learner(model, train_dl, valid_dl, metrics=[tc.metrics.accuracy], wd=5e-4, seed=0,
                    loss_func=partial(F.cross_entropy, label_smoothing=0.2),
                    opt_func=partial(tc.optim.SGD, momentum=0.9, nesterov=True))
 learn.fit_one_cycle(args.epochs, args.lr)
 
 probs, targets = learn.get_preds()
-tta_probs, _ = learn.tta()
-print(f"validation accuracy: {(probs.argmax(1) == targets).mean():.4f}, with TTA "
+# TTA: average each image's prediction with its mirror's (tinyconv train --tta flip)
+tta_probs, _ = learn.tta(transform=A.Compose([A.FlipLR(1.0)]), n=1, beta=0.5)
+print(f"validation accuracy: {(probs.argmax(1) == targets).mean():.4f}, with flip TTA "
       f"{(tta_probs.argmax(1) == targets).mean():.4f}, in {(time.time() - started) / 60:.1f} min")

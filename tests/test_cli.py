@@ -166,8 +166,6 @@ def test_python_dash_m_runs_the_command():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 7's bar, not reached yet: batch 128 gives 46 steps on 6,000 "
-                          "images; measured 94.2-94.5% at lr 0.01-0.05 (96.4% with batch 64)")
 def test_default_train_on_a_6000_image_slice_passes_95_percent(tmp_path):
     code = main(["train", "--limit", "6000", "--epochs", "1", "--quiet", "--out", str(tmp_path)])
     assert code == 0

@@ -52,7 +52,7 @@ def test_compare_policies_example(tmp_path):
 def test_cifar_examples_run_on_a_few_images():
     out = run_example("06_cifar10_resnet9.py", "--data", CIFAR, "--epochs", 1, "--limit", 512,
                       "--width", 8)
-    assert "with TTA" in out
+    assert "with flip TTA" in out
     out = run_example("07_transfer_cats_dogs.py", "--data", CIFAR, "--pretrain-epochs", 1,
                       "--limit", 600, "--width", 8)
     assert out.count("accuracy") == 5        # pre-trained, new head, frozen, unfrozen, TTA
