@@ -93,6 +93,7 @@ def test_predict_refuses_a_wrong_size_image_in_one_line(trained, tmp_path, capsy
     (["train", "--epochs", "many"], ["--epochs", "many"]),
     (["train", "--lr", "-1"], ["--lr", "positive"]),
     (["train", "--policy", "magic"], ["--policy", "magic"]),
+    (["train", "--moms", "0.9,0.8"], ["--moms", "0.9,0.8"]),
     (["evaluate", "missing.npz", "--data", "mnist"], ["missing.npz"]),
     (["frobnicate"], ["frobnicate"]),
 ])

@@ -263,7 +263,8 @@ def policy_kwargs(args, lr: float, n_iter: int) -> dict:
     sgdr fits as many cycles as --epochs allows; cyclic runs one triangle per epoch from lr/10.
     """
     if args.policy == "one_cycle":
-        return {"lr_max": lr}
+        moms = getattr(args, "moms", None)
+        return {"lr_max": lr, **({"moms": moms} if moms else {})}
     if args.policy == "sgdr":
         return {"lr_max": lr, "n_cycles": sgdr_cycles(args.epochs, args.cycle_len, args.cycle_mult),
                 "cycle_len": args.cycle_len, "cycle_mult": args.cycle_mult}
@@ -330,6 +331,19 @@ def _positive_float(name: str, text) -> float:
     if not value > 0:
         raise UsageError(f"{name}: must be positive, got {text}")
     return value
+
+
+def _moms(text: str) -> tuple:
+    """--moms "0.95,0.85,0.95" (start, at the peak lr, end) or "0.9" (constant), checked while
+    parsing so a typo fails before any training."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3) or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers in [0, 1), "
+                                         f"got {text!r}")
+    return tuple(values * 3 if len(values) == 1 else values)
 
 
 def _say(args, message: str) -> None:
@@ -535,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a learning rate; auto: the LR finder's lowest-loss lr; valley, slide, "
                         "minimum or steep: that LR-finder suggestion (default: %(default)s)")
     p.add_argument("--policy", choices=POLICIES, default="one_cycle")
+    p.add_argument("--moms", type=_moms, default=None,
+                   help="one_cycle momentum: start,peak,end (default 0.95,0.85,0.95) or one "
+                        "constant value")
     p.add_argument("--cycle-len", type=int, default=1, help="sgdr: epochs in the first cycle")
     p.add_argument("--cycle-mult", type=int, default=2, help="sgdr: cycle length multiplier")
     p.add_argument("--tta", nargs="?", const="aug", choices=TTA_MODES, default=None,
