@@ -94,6 +94,7 @@ def test_predict_refuses_a_wrong_size_image_in_one_line(trained, tmp_path, capsy
     (["train", "--lr", "-1"], ["--lr", "positive"]),
     (["train", "--policy", "magic"], ["--policy", "magic"]),
     (["train", "--moms", "0.9,0.8"], ["--moms", "0.9,0.8"]),
+    (["train", "--arch", "resnet9", "--logit-scale", "0"], ["logit_scale", "positive"]),
     (["evaluate", "missing.npz", "--data", "mnist"], ["missing.npz"]),
     (["frobnicate"], ["frobnicate"]),
 ])

@@ -52,6 +52,8 @@ class ResNet9(Sequential):
     arch_name = "resnet9"
 
     def __init__(self, num_classes: int = 10, width: int = 64, logit_scale: float = 1.0, rng=None):
+        if not logit_scale > 0:
+            raise ValueError(f"resnet9: logit_scale must be positive, got {logit_scale}")
         c0, c1, c2, c3 = width, 2 * width, 4 * width, 8 * width
         head = [Scale(logit_scale)] if logit_scale != 1 else []
         super().__init__(conv_bn(3, c0, rng), conv_bn(c0, c1, rng), MaxPool2d(2), Residual(c1, rng),
