@@ -11,5 +11,5 @@ from .module import Buffer, Module, Parameter, Sequential, StateDictError
 
 __all__ = ["Module", "Parameter", "Buffer", "Sequential", "StateDictError", "Conv2d", "Linear",
            "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "AdaptiveMaxPool2d", "Flatten", "Scale", "Dropout", "Residual", "conv_bn", "functional", "F",
-           "init"]
+           "AdaptiveMaxPool2d", "Flatten", "Scale", "Dropout", "Residual", "conv_bn", "functional",
+           "F", "init"]
