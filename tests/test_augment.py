@@ -184,6 +184,15 @@ def test_translate_by_whole_pixels_is_a_shift():
     assert (out[0, :, :2] == 0).all()
 
 
+def test_shift_moves_every_image_by_whole_pixels():
+    x = images(n=3, h=6, w=8)
+    out = A.Compose([A.Shift(dx=2, dy=-1, pad_mode="zeros")])(x, gen())
+    np.testing.assert_array_equal(out[:, :-1, 2:], x[:, 1:, :-2])      # right 2, up 1, all images
+    assert (out[:, :, :2] == 0).all() and (out[:, -1] == 0).all()
+    back = A.Compose([A.Shift(-1, 0)])(A.Compose([A.Shift(1, 0)])(x, gen()), gen())
+    np.testing.assert_array_equal(back[:, :, :-1], x[:, :, :-1])        # reflection keeps content
+
+
 def test_pad_modes_must_agree_in_one_compose():
     with pytest.raises(ValueError, match="different pad modes"):
         A.Compose([A.rotate(10, pad_mode="zeros"), A.random_crop(4, 1, pad_mode="reflect")])

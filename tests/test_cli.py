@@ -69,6 +69,30 @@ def test_evaluate_flip_tta_averages_each_image_with_its_mirror(trained, capsys):
     assert result["accuracy"] == pytest.approx((probs.argmax(1) == test.labels).mean(), abs=2e-4)
 
 
+def test_evaluate_shift_tta_weights_flip_and_shifted_flips(trained, capsys):
+    import tinyconv as tc
+    from tinyconv import augment as A
+    code, out, _ = run(capsys, "evaluate", trained / "model.npz", "--data", "mnist", "--json",
+                       "--tta", "shift")
+    assert code == 0
+    model = tc.load(trained / "model.npz")
+    test = tc.data.MNIST(train=False)
+    mean, std = model.meta["mean"], model.meta["std"]
+
+    def flip_probs(dx, dy):
+        shifted = A.Compose([A.Shift(dx, dy)])(test.images, np.random.default_rng(0))
+        x = A.normalize(shifted, mean, std)
+        with tc.no_grad():
+            model.eval()
+            return sum(model(tc.Tensor(np.ascontiguousarray(v))).softmax(1).data
+                       for v in (x, x[..., ::-1])) / 2
+
+    probs = 0.5 * flip_probs(0, 0) + 0.25 * (flip_probs(-1, -1) + flip_probs(1, 1))
+    result = json.loads(out)
+    assert result["tta"] == "shift"
+    assert result["accuracy"] == pytest.approx((probs.argmax(1) == test.labels).mean(), abs=2e-4)
+
+
 def test_predict_prints_top_k(trained, tmp_path, capsys):
     import tinyconv as tc
     digit = tc.data.MNIST(train=False)
@@ -94,6 +118,7 @@ def test_predict_refuses_a_wrong_size_image_in_one_line(trained, tmp_path, capsy
     (["train", "--policy", "magic"], ["--policy", "magic"]),
     (["train", "--moms", "0.9,0.8"], ["--moms", "0.9,0.8"]),
     (["train", "--arch", "resnet9", "--logit-scale", "0"], ["logit_scale", "positive"]),
+    (["train", "--whiten"], ["--whiten", "C_out must be even and at most 2 * 9", "(32, 1, 3, 3)"]),
     (["evaluate", "missing.npz", "--data", "mnist"], ["missing.npz"]),
     (["frobnicate"], ["frobnicate"]),
 ])
@@ -103,6 +128,21 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, words):
     assert err.count("\n") == 1 and "Traceback" not in err
     for word in words:
         assert word in err
+
+
+def test_whiten_initialises_the_first_conv_with_whitening_filter_pairs():
+    from types import SimpleNamespace
+
+    from tinyconv import models
+    from tinyconv.cli import whiten_first_conv
+    model = models.resnet9(num_classes=2, width=4, rng=np.random.default_rng(0))
+    train = SimpleNamespace(images=np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3),
+                                                                     dtype=np.uint8))
+    before = model[0][0].weight.data.copy()
+    whiten_first_conv(model, train, SimpleNamespace(mean=0.5, std=0.25), seed=0)
+    w = model[0][0].weight.data
+    assert w.shape == before.shape and not np.allclose(w, before)
+    np.testing.assert_array_equal(w[2:], -w[:2])      # the +/- pairs of the 2 leading components
 
 
 def _write_folder(root, classes, n=4, size=(12, 10), mode="RGB"):

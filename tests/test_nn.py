@@ -196,6 +196,42 @@ def test_kaiming_uniform_bound_and_bad_mode():
         init.kaiming_uniform_(w, mode="fan_avg")
 
 
+def _correlated_images(rng, n=20, c=3, size=12):
+    """Smooth, channel-correlated images: patches with a very uneven covariance, like photos."""
+    x = rng.normal(size=(n, c, size + 2, size + 2))
+    x = (x[:, :, :-2, :-2] + x[:, :, 1:-1, 1:-1] + x[:, :, 2:, 2:]) / 3      # blur
+    return np.einsum("dc,nchw->ndhw", rng.normal(size=(c, c)) + 2.0, x)      # mix channels
+
+
+def test_patch_whitening_gives_uncorrelated_unit_variance_outputs():
+    rng = np.random.default_rng(0)
+    images = _correlated_images(rng)
+    weight = np.zeros((10, 3, 2, 2))
+    init.patch_whitening_(weight, images, eps=0.0, chunk=7)        # chunks of 7 of the 20 images
+    out = F.conv2d(tc.Tensor(images), tc.Tensor(weight)).data       # (20, 10, 11, 11)
+    channels = out.transpose(1, 0, 2, 3).reshape(10, -1)
+    covariance = np.cov(channels, bias=True)
+    np.testing.assert_allclose(covariance[:5, :5], np.eye(5), atol=1e-8)
+    np.testing.assert_allclose(channels[5:], -channels[:5])          # the +/- pairs
+    # eps shrinks the faint components' variance to lambda / (lambda + eps), the largest barely
+    init.patch_whitening_(weight, images, eps=0.1)
+    out = F.conv2d(tc.Tensor(images), tc.Tensor(weight)).data
+    variances = out.transpose(1, 0, 2, 3).reshape(10, -1)[:5].var(axis=1)
+    assert np.all(np.diff(variances) < 0) and variances[0] > 0.99 and variances[-1] < 0.95
+
+
+def test_patch_whitening_refuses_bad_shapes():
+    images = np.zeros((4, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"same C.*\(6, 1, 3, 3\).*\(4, 3, 8, 8\)"):
+        init.patch_whitening_(np.zeros((6, 1, 3, 3)), images)
+    with pytest.raises(ValueError, match="C_out must be even"):
+        init.patch_whitening_(np.zeros((5, 3, 3, 3)), images)
+    with pytest.raises(ValueError, match="C_out must be even and at most 2 \\* 27"):
+        init.patch_whitening_(np.zeros((56, 3, 3, 3)), images)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        init.patch_whitening_(np.zeros((6, 3, 3, 3)), np.zeros((4, 3, 2, 8)))
+
+
 def test_calculate_gain_matches_torch():
     torch = pytest.importorskip("torch")
     for name, param in [("relu", None), ("tanh", None), ("leaky_relu", None),

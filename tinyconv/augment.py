@@ -34,7 +34,7 @@ from tinyconv import augment_kernels as K
 
 __all__ = [
     "Transform", "Compose", "Draws",
-    "FlipLR", "FlipUD", "Dihedral", "Rot90", "Rotate", "Zoom", "Translate", "Warp",
+    "FlipLR", "FlipUD", "Dihedral", "Rot90", "Rotate", "Zoom", "Translate", "Shift", "Warp",
     "RandomCrop", "RandomResizedCrop", "Resize", "Lighting", "Brightness", "Contrast", "Cutout",
     "flip_lr", "flip_ud", "dihedral", "rot90", "rotate", "zoom", "translate", "warp",
     "random_crop", "random_resized_crop", "resize", "lighting", "brightness", "contrast", "cutout",
@@ -301,6 +301,25 @@ class Translate(AffineTransform):
         m = _eye(d["do"].shape[0])
         m[:, 0, 2] = -d["shift_pct"][:, 0] * W
         m[:, 1, 2] = -d["shift_pct"][:, 1] * H
+        return m
+
+
+class Shift(AffineTransform):
+    """Shift every image by fixed whole pixels, dx right and dy down (negative: left, up); the
+    uncovered edge is filled by pad_mode. Not random: a test-time augmentation (airbench's TTA
+    averages each image's predictions with those of its 1-pixel shifts)."""
+
+    def __init__(self, dx=0, dy=0, pad_mode="reflection"):
+        super().__init__(1.0)
+        self.dx, self.dy = int(dx), int(dy)
+        self.pad_mode = _pad_mode(pad_mode)
+
+    def draw(self, rng, n, size):
+        return {"do": np.ones(n, dtype=bool)}
+
+    def matrix(self, d, in_size, out_size):
+        m = _eye(d["do"].shape[0])
+        m[:, 0, 2], m[:, 1, 2] = -self.dx, -self.dy      # output (x, y) reads input (x-dx, y-dy)
         return m
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["calculate_gain", "fan_in_and_fan_out", "uniform_", "normal_", "constant_", "zeros_",
            "ones_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-           "default_uniform_"]
+           "default_uniform_", "patch_whitening_"]
 
 
 def _array(tensor) -> np.ndarray:
@@ -129,4 +129,52 @@ def default_uniform_(weight, bias=None, generator=None):
     if bias is not None:
         bound = 1.0 / math.sqrt(fan_in_and_fan_out(weight)[0])
         uniform_(bias, -bound, bound, generator)
+    return weight
+
+
+def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256):
+    """Patch whitening as an initialisation (Page's ResNet-9 follow-ups; Jordan's airbench):
+    the filters of a conv weight (C_out, C, KH, KW) become the principal directions of the
+    images' KH x KW patches, scaled to give unit-variance, uncorrelated outputs.
+
+    With lambda_i, v_i the eigenvalues (largest first) and eigenvectors of the patch covariance,
+    filter i is v_i / sqrt(lambda_i + eps) and filter i + C_out/2 its negative, for the C_out/2
+    largest: the +/- pairs let a following ReLU keep both signs of each component.
+    images: (N, C, H, W) as the model sees them (normalised); C_out must be even and at most
+    2 * C * KH * KW. eps keeps the faint components from being blown up into noise.
+
+    Why: in natural images the first principal component (the patch's mean brightness) holds most
+    of the variance (about 3/4 on CIFAR-10), so random filters mostly see brightness; whitened
+    filters start out seeing every direction equally, and early training goes faster.
+    """
+    w = _array(weight)
+    x = np.asarray(images)
+    if w.ndim != 4 or x.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"patch_whitening_: needs a conv weight (C_out, C, KH, KW) and images "
+                         f"(N, C, H, W) with the same C, got weight {w.shape} and images {x.shape}")
+    c_out, C, kh, kw = w.shape
+    dim = C * kh * kw
+    if c_out % 2 or c_out > 2 * dim:
+        raise ValueError(f"patch_whitening_: C_out must be even and at most 2 * {dim} (the patch "
+                         f"size), got weight {w.shape}")
+    if x.shape[2] < kh or x.shape[3] < kw:
+        raise ValueError(f"patch_whitening_: images {x.shape} are smaller than the kernel "
+                         f"{kh}x{kw}")
+    # patch covariance, accumulated a chunk of images at a time (all patches at once could take
+    # gigabytes): sum of p p^T and sum of p over every position of every image
+    total, outer, count = np.zeros(dim), np.zeros((dim, dim)), 0
+    for start in range(0, len(x), chunk):
+        windows = np.lib.stride_tricks.sliding_window_view(
+            x[start:start + chunk].astype(np.float64), (kh, kw), axis=(2, 3))
+        patches = windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, dim)   # (n*H'*W', C*KH*KW)
+        total += patches.sum(0)
+        outer += patches.T @ patches
+        count += len(patches)
+    mean = total / count
+    covariance = outer / count - np.outer(mean, mean)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)                   # ascending
+    k = c_out // 2
+    top_values, top_vectors = eigenvalues[::-1][:k], eigenvectors[:, ::-1][:, :k]
+    filters = (top_vectors / np.sqrt(np.maximum(top_values, 0.0) + eps)).T  # (k, C*KH*KW)
+    w[...] = np.concatenate([filters, -filters]).reshape(w.shape)
     return weight
