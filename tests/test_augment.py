@@ -95,7 +95,6 @@ def test_affine_draws_compose_into_one_interpolation():
 
 
 def test_composed_matrix_is_the_product_in_list_order():
-    x = images(n=3, h=8, w=10)
     tfms = [A.flip_lr(p=1), A.rotate(20, p=1), A.zoom(1.3, p=1), A.warp(0.3, p=1)]
     comp = A.Compose(tfms)
     d = comp.draw(gen(), 3, (8, 10))
