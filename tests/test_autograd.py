@@ -367,3 +367,9 @@ def test_bad_axes_raise_instead_of_wrapping_around():
 def test_bad_arguments_raise_errors_naming_the_op(op, error, pattern):
     with pytest.raises(error, match=pattern):
         op(Tensor(np.ones((2, 3)), requires_grad=True))
+
+
+def test_leaky_relu_refuses_integers_instead_of_rounding_the_slope_to_zero():
+    with pytest.raises(TypeError, match=r"leaky_relu: expected a floating-point input, got int64 "
+                                        r"of shape \(3,\)"):
+        F.leaky_relu(Tensor(np.array([-2, 0, 3])), 0.1)

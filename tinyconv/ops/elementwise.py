@@ -167,6 +167,9 @@ class ReLU(Function):
 class LeakyReLU(Function):
     @staticmethod
     def forward(ctx, x, negative_slope=0.01):
+        if not np.issubdtype(x.dtype, np.floating):     # an integer slope would round to 0
+            raise TypeError(f"leaky_relu: expected a floating-point input, got {x.dtype} "
+                            f"of shape {x.shape}")
         ctx.slope = np.where(x > 0, 1, negative_slope).astype(x.dtype)
         return x * ctx.slope
 
