@@ -201,7 +201,9 @@ GRAD_CASES = {
                GradCase(lambda a, b: a @ b, (randn(4), randn(2, 4, 3))),
                GradCase(lambda a, b: a @ b, (randn(2, 3, 4), randn(4)))],
     "Linear": [GradCase(lambda x, w, b: F.linear(x, w, b), (randn(5, 3), randn(4, 3), randn(4))),
-               GradCase(lambda x, w: F.linear(x, w), (randn(2, 3), randn(4, 3)))],
+               GradCase(lambda x, w: F.linear(x, w), (randn(2, 3), randn(4, 3))),
+               GradCase(lambda x, w, b: F.linear(x, w, b), (randn(2, 3, 5), randn(4, 5), randn(4))),
+               GradCase(lambda x, w: F.linear(x, w), (randn(3), randn(2, 3)))],
     # ---- softmax and losses ----
     "Softmax": [GradCase(lambda a: a.softmax(), (randn(3, 4),)),
                 GradCase(lambda a: F.softmax(a, dim=0), (randn(3, 4),))],

@@ -292,8 +292,9 @@ def test_backward_returning_too_many_gradients_is_an_error():
     (lambda a, b: F.mse_loss(a, b), r"mse_loss: input \(2, 3\) and target \(4,\)"),
     (lambda a, b: F.linear(a, b.reshape(2, 2)), r"linear: input has 3 features but weight "
                                                 r"\(2, 2\) expects 2"),
-    (lambda a, b: F.linear(a.reshape(1, 2, 3), b), r"linear: expected x \(N, in_features\) .* "
+    (lambda a, b: F.linear(a.reshape(1, 2, 3), b), r"linear: expected x \(\*, in_features\) .* "
                                                    r"got \(1, 2, 3\) and \(4,\)"),
+    (lambda a, b: F.linear(a.reshape(1, 2, 3), b.reshape(2, 2)), r"linear: input has 3 features"),
     (lambda a, b: a.reshape(4, 2), r"reshape: cannot reshape \(2, 3\) \(6 elements\) into "
                                    r"\(4, 2\)"),
 ])

@@ -19,10 +19,18 @@ __all__ = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_so
 
 
 def linear(x, weight, bias=None):
-    """x (N, in) @ weight (out, in).T + bias (out,) -> (N, out), as torch.nn.functional.linear."""
-    if bias is None:
-        return mm.Linear.apply(x, weight)
-    return mm.Linear.apply(x, weight, bias)
+    """x (*, in) @ weight (out, in).T + bias (out,) -> (*, out), as torch.nn.functional.linear.
+
+    The op multiplies a batch (N, in); any other input shape is flattened to one and back.
+    """
+    params = (weight,) if bias is None else (weight, bias)
+    if x.ndim == 2:
+        return mm.Linear.apply(x, *params)
+    if x.ndim == 0 or weight.ndim != 2:
+        raise ValueError(f"linear: expected x (*, in_features) and weight (out_features, "
+                         f"in_features), got {x.shape} and {weight.shape}")
+    y = mm.Linear.apply(x.reshape(-1, x.shape[-1]), *params)        # (prod(*), out)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def relu(x):

@@ -66,7 +66,7 @@ class Conv2d(Module):
 
 
 class Linear(Module):
-    """Fully connected layer: (N, in_features) -> (N, out_features), y = x W^T + b."""
+    """Fully connected layer: (*, in_features) -> (*, out_features), y = x W^T + b."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
         super().__init__()
