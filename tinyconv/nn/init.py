@@ -147,7 +147,7 @@ def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256):
     of the variance (about 3/4 on CIFAR-10), so random filters mostly see brightness; whitened
     filters start out seeing every direction equally, and early training goes faster (CIFAR-10,
     ResNet-9 width 32: 62% instead of 49% after the first epoch; after 20 epochs the two were
-    equal). The filters ignore the patches' mean: the BatchNorm that follows removes it anyway.
+    equal). The filters ignore the patches' mean: in conv_bn the BatchNorm after them removes it.
     """
     w = _array(weight)
     x = np.asarray(images)
