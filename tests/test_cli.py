@@ -119,6 +119,7 @@ def test_predict_refuses_a_wrong_size_image_in_one_line(trained, tmp_path, capsy
     (["train", "--moms", "0.9,0.8"], ["--moms", "0.9,0.8"]),
     (["train", "--arch", "resnet9", "--logit-scale", "0"], ["logit_scale", "positive"]),
     (["train", "--whiten"], ["--whiten", "C_out must be even and at most 2 * 9", "(32, 1, 3, 3)"]),
+    (["train", "--ghost-bn", "1"], ["--ghost-bn", "at least 2", "got 1"]),
     (["evaluate", "missing.npz", "--data", "mnist"], ["missing.npz"]),
     (["frobnicate"], ["frobnicate"]),
 ])
@@ -143,6 +144,17 @@ def test_whiten_initialises_the_first_conv_with_whitening_filter_pairs():
     w = model[0][0].weight.data
     assert w.shape == before.shape and not np.allclose(w, before)
     np.testing.assert_array_equal(w[2:], -w[:2])      # the +/- pairs of the 2 leading components
+
+
+def test_ghost_bn_sets_every_batch_norm_and_leaves_the_state_dict_alone():
+    from tinyconv import models, nn
+    from tinyconv.cli import use_ghost_batch_norm
+    model = models.resnet9(num_classes=2, width=4, rng=np.random.default_rng(0))
+    keys = list(model.state_dict())
+    use_ghost_batch_norm(model, 32)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 8 and all(bn.ghost_batch_size == 32 for bn in bns)
+    assert list(model.state_dict()) == keys
 
 
 def _write_folder(root, classes, n=4, size=(12, 10), mode="RGB"):

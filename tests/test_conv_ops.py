@@ -66,6 +66,10 @@ GRAD_CASES = {
         GradCase(lambda x, w, b: batch_norm(x, *_running, w, b, training=False),
                  (randn(2, 3, 2, 2), randn(3), randn(3))),
         GradCase(lambda x: batch_norm(x, None, None, training=True), (randn(5, 3),)),
+        # ghost batches of 2: chunks of 2, 2 and 1 samples, each with its own statistics
+        GradCase(lambda x, w, b: batch_norm(x, None, None, w, b, training=True,
+                                            ghost_batch_size=2),
+                 (randn(5, 3, 2, 2), randn(3), randn(3))),
     ],
     "Dropout": [
         GradCase(lambda x: dropout(x, 0.4, rng=np.random.default_rng(3)), (randn(3, 4, 5),)),
@@ -178,6 +182,42 @@ def test_batch_norm_train_then_eval_matches_torch_including_running_stats(shape,
                 np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-9, atol=1e-9)
 
 
+@needs_torch
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ghost_batch_norm_is_torch_batch_norm_per_chunk(backend, rng):
+    # 7 samples in ghost batches of 3: torch normalises the chunks 0:3, 3:6, 6:7 separately; the
+    # running statistics move towards the chunks' size-weighted average mean and unbiased variance
+    x, w, b = randn(7, 2, 3, 2) * 2 + 1, randn(2), randn(2)
+    running = [np.zeros(2), np.ones(2)]
+    X, Wt, B = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    tx, tw, tb = _t(x), _t(w), _t(b)
+    with kernels.use_backend(backend):
+        y = batch_norm(X, *running, Wt, B, training=True, momentum=0.3, ghost_batch_size=3)
+    chunks = [slice(0, 3), slice(3, 6), slice(6, 7)]
+    ty = torch.cat([TF.batch_norm(tx[c], None, None, tw, tb, training=True) for c in chunks])
+    np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-10, atol=1e-10)
+    g = rng.standard_normal(y.shape)
+    _backward_both(y, ty, g)
+    for ours, theirs in ((X, tx), (Wt, tw), (B, tb)):
+        np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-9, atol=1e-9)
+    sizes = np.array([3, 3, 1]) / 7
+    means = np.array([x[c].mean(axis=(0, 2, 3)) for c in chunks])
+    variances = np.array([x[c].var(axis=(0, 2, 3), ddof=1) for c in chunks])
+    np.testing.assert_allclose(running[0], 0.3 * sizes @ means, rtol=1e-12)
+    np.testing.assert_allclose(running[1], 0.7 + 0.3 * sizes @ variances, rtol=1e-12)
+
+
+def test_ghost_batch_size_of_the_whole_batch_is_plain_batch_norm():
+    x, w, b = randn(6, 3, 2, 2), randn(3), randn(3)
+    plain_stats, ghost_stats = [np.zeros(3), np.ones(3)], [np.zeros(3), np.ones(3)]
+    plain = batch_norm(Tensor(x), *plain_stats, w, b, training=True)
+    ghost = batch_norm(Tensor(x), *ghost_stats, w, b, training=True, ghost_batch_size=6)
+    np.testing.assert_array_equal(plain.data, ghost.data)
+    np.testing.assert_allclose(plain_stats, ghost_stats, rtol=1e-15)
+    bigger = batch_norm(Tensor(x), None, None, w, b, training=True, ghost_batch_size=64)
+    np.testing.assert_array_equal(plain.data, bigger.data)
+
+
 # ---- batch norm and dropout conventions ---------------------------------------------------------
 
 def test_batch_norm_running_stats_use_pytorch_momentum_and_unbiased_variance():
@@ -267,6 +307,10 @@ def test_im2col_view_reads_the_settings_of_a_layer(rng):
     (lambda: batch_norm(randn(4, 3, 2, 2), None, None), r"evaluation .* needs running_mean"),
     (lambda: batch_norm(randn(1, 3, 1, 1), None, None, training=True),
      r"more than one value per channel"),
+    (lambda: batch_norm(randn(5, 3), None, None, training=True, ghost_batch_size=2),
+     r"more than one value per channel, got input \(5, 3\) \(ghost_batch_size=2\)"),
+    (lambda: batch_norm(randn(4, 3), None, None, training=True, ghost_batch_size=0),
+     r"ghost_batch_size must be a positive integer"),
     (lambda: dropout(randn(3), 1.5), r"dropout: p must be in \[0, 1\]"),
 ])
 def test_errors_name_the_op_and_the_shapes(call, message):

@@ -266,6 +266,23 @@ def test_batchnorm_momentum_none_is_a_cumulative_average(rng):
     np.testing.assert_allclose(bn.running_mean.data, expected, rtol=1e-5)
 
 
+def test_ghost_batchnorm_trains_on_chunks_and_evaluates_with_running_stats(rng):
+    bn = nn.BatchNorm2d(3, ghost_batch_size=2)
+    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float32) * 3 + 1
+    y = bn(tc.Tensor(x)).data
+    # each pair is normalised by its own statistics
+    np.testing.assert_allclose(y[:2].mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(y[2:].mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(y[:2].var(axis=(0, 2, 3)), 1, rtol=1e-3)
+    np.testing.assert_allclose(y[2:].var(axis=(0, 2, 3)), 1, rtol=1e-3)
+    assert not np.allclose(y, nn.BatchNorm2d(3)(tc.Tensor(x)).data, atol=1e-3)
+    assert "ghost_batch_size=2" in repr(bn)
+    bn.eval()
+    np.testing.assert_allclose(bn(tc.Tensor(x)).data,
+                               (x - bn.running_mean.data[:, None, None])
+                               / np.sqrt(bn.running_var.data[:, None, None] + 1e-5), rtol=1e-4)
+
+
 def test_dropout_uses_its_generator_and_passes_through_in_eval():
     x = tc.Tensor(np.ones((20, 30), dtype=np.float32))
     a = nn.Dropout(0.3, rng=np.random.default_rng(1))(x).data

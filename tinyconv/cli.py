@@ -158,6 +158,18 @@ def whiten_first_conv(model, train, train_dl, seed: int, n: int = 5000):
         raise UsageError(f"--whiten: {error}") from None
 
 
+def use_ghost_batch_norm(model, ghost_batch_size: int):
+    """--ghost-bn: every BatchNorm2d of the model normalises chunks of ghost_batch_size samples
+    separately while training (evaluation is unchanged, so the saved model is too)."""
+    from . import nn
+
+    if ghost_batch_size < 2:
+        raise UsageError(f"--ghost-bn must be at least 2 samples, got {ghost_batch_size}")
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.ghost_batch_size = ghost_batch_size
+
+
 # ---- train ---------------------------------------------------------------------------------------
 def setup_learner(args):
     """The data, model, loaders and Learner that `train` and `lr-find` share -> (ds, arch, learn).
@@ -177,6 +189,8 @@ def setup_learner(args):
     train_dl, valid_dl, _ = make_loaders(ds.train, ds.valid, args.batch_size, transform, args.seed)
     if args.whiten:
         whiten_first_conv(model, ds.train, train_dl, args.seed)
+    if args.ghost_bn:
+        use_ghost_batch_norm(model, args.ghost_bn)
     learn = Learner(model, train_dl, valid_dl, metrics=[accuracy], seed=args.seed, wd=args.wd,
                     opt_func=partial(tc.optim.SGD, momentum=0.9, nesterov=args.nesterov),
                     loss_func=partial(tc.nn.functional.cross_entropy,
@@ -561,6 +575,9 @@ def _model_args(p):
     p.add_argument("--whiten", action="store_true",
                    help="initialise the first convolution by patch whitening of 5,000 training "
                         "images (airbench's first layer)")
+    p.add_argument("--ghost-bn", type=int, default=None, metavar="N",
+                   help="ghost batch norm: while training, normalise each chunk of N samples "
+                        "of a batch with its own statistics (Page uses 32)")
     p.add_argument("--aug", choices=AUGS, default="auto")
     p.add_argument("--valid-pct", type=float, default=0.0,
                    help="hold out this fraction of train for validation (default: use the "

@@ -89,12 +89,15 @@ class BatchNorm2d(Module):
     Training: normalise with the batch's statistics and move the running ones towards them,
     running = (1 - momentum) * running + momentum * batch (unbiased variance), as torch.
     momentum=None: a cumulative average over all batches seen (num_batches_tracked counts them).
-    Evaluation: normalise with the running statistics.
+    ghost_batch_size=g: training normalises each chunk of g samples on its own (ghost batch
+    norm, a regulariser; see ops/norm.py). Evaluation: normalise with the running statistics.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 ghost_batch_size: int | None = None):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.ghost_batch_size = ghost_batch_size
         self.weight = Parameter(np.ones(num_features, dtype=np.float32))
         self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
         self.running_mean = Buffer(np.zeros(num_features, dtype=np.float32))
@@ -108,10 +111,12 @@ class BatchNorm2d(Module):
             if momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked.data)
         return F.batch_norm(x, self.running_mean.data, self.running_var.data, self.weight,
-                            self.bias, training=self.training, momentum=momentum, eps=self.eps)
+                            self.bias, training=self.training, momentum=momentum, eps=self.eps,
+                            ghost_batch_size=self.ghost_batch_size)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        ghost = "" if self.ghost_batch_size is None else f", ghost_batch_size={self.ghost_batch_size}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{ghost}"
 
 
 class ReLU(Module):
