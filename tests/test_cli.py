@@ -120,6 +120,7 @@ def test_predict_refuses_a_wrong_size_image_in_one_line(trained, tmp_path, capsy
     (["train", "--arch", "resnet9", "--logit-scale", "0"], ["logit_scale", "positive"]),
     (["train", "--whiten"], ["--whiten", "C_out must be even and at most 2 * 9", "(32, 1, 3, 3)"]),
     (["train", "--ghost-bn", "1"], ["--ghost-bn", "at least 2", "got 1"]),
+    (["train", "--cutout", "29"], ["--cutout", "image size 28", "got 29"]),
     (["evaluate", "missing.npz", "--data", "mnist"], ["missing.npz"]),
     (["frobnicate"], ["frobnicate"]),
 ])
@@ -144,6 +145,22 @@ def test_whiten_initialises_the_first_conv_with_whitening_filter_pairs():
     w = model[0][0].weight.data
     assert w.shape == before.shape and not np.allclose(w, before)
     np.testing.assert_array_equal(w[2:], -w[:2])      # the +/- pairs of the 2 leading components
+
+
+def test_cutout_erases_one_square_of_the_mean_colour_after_the_preset():
+    from tinyconv.cli import augmentation
+    images = np.full((6, 32, 32, 3), 200, np.uint8)
+    transform = augmentation("cifar", "cifar10", 32, cutout=8, fill=np.array([1, 2, 3], np.uint8))
+    assert [type(t).__name__ for t in transform.tfms] == ["RandomCrop", "FlipLR", "Cutout"]
+    out = transform(images, np.random.default_rng(0))
+    for image in out:                              # one square (clipped at the edges) per image
+        erased = np.all(image == [1, 2, 3], axis=-1)
+        rows, cols = np.nonzero(erased)
+        assert 0 < erased.sum() <= 64
+        assert erased.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert augmentation("none", "cifar10", 32) is None
+    assert [type(t).__name__ for t in augmentation("none", "cifar10", 32, cutout=4).tfms] == \
+        ["Cutout"]
 
 
 def test_ghost_bn_sets_every_batch_norm_and_leaves_the_state_dict_alone():

@@ -95,22 +95,24 @@ def _with_valid(kind, train, test, valid_pct, seed) -> DataSpec:
     return DataSpec(kind, train, test, test, train.classes)
 
 
-def augmentation(name: str, kind: str, image_size: int):
+def augmentation(name: str, kind: str, image_size: int, cutout=None, fill=0):
     """The training transform for `--aug`; "auto" picks 2-pixel shifts for MNIST-like grey
-    digits, the classic pad-4 crop + flip for CIFAR, and fastai's side-on preset for photos."""
+    digits, the classic pad-4 crop + flip for CIFAR, and fastai's side-on preset for photos.
+    cutout: also erase one square of that side per image, filled with `fill` (uint8 scale: the
+    training images' mean, which is 0 after normalisation, as DeVries & Taylor)."""
     from . import augment as A
 
     if name == "auto":
         name = {"mnist": "shift", "cifar10": "cifar"}.get(kind, "side_on")
-    if name == "none":
-        return None
-    if name == "shift":
-        return A.Compose([A.RandomCrop(image_size, padding=2, pad_mode="zeros")])
-    if name == "cifar":
-        return A.cifar_transforms(size=image_size)
-    presets = {"basic": A.transforms_basic, "side_on": A.transforms_side_on,
+    presets = {"none": lambda: A.Compose([]),
+               "shift": lambda: A.Compose([A.RandomCrop(image_size, padding=2, pad_mode="zeros")]),
+               "cifar": lambda: A.cifar_transforms(size=image_size),
+               "basic": A.transforms_basic, "side_on": A.transforms_side_on,
                "top_down": A.transforms_top_down}
-    return presets[name]()
+    transform = presets[name]()
+    if cutout:
+        transform = A.Compose([transform, A.Cutout(cutout, fill=fill)], pad_mode=transform.pad_mode)
+    return transform if transform.tfms else None
 
 
 def build_model(arch: str, width: int, num_classes: int, image_shape: tuple, seed: int,
@@ -185,7 +187,12 @@ def setup_learner(args):
     image_shape = ds.train.images.shape[1:]
     arch, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed,
                               args.logit_scale)
-    transform = augmentation(args.aug, ds.kind, image_shape[0])
+    if args.cutout is not None and not 0 < args.cutout <= min(image_shape[:2]):
+        raise UsageError(f"--cutout must be between 1 and the image size {image_shape[0]}, got "
+                         f"{args.cutout}")
+    mean_pixel = np.round(ds.train.images.mean(axis=(0, 1, 2))).astype(np.uint8) \
+        if args.cutout else 0
+    transform = augmentation(args.aug, ds.kind, image_shape[0], args.cutout, mean_pixel)
     train_dl, valid_dl, _ = make_loaders(ds.train, ds.valid, args.batch_size, transform, args.seed)
     if args.whiten:
         whiten_first_conv(model, ds.train, train_dl, args.seed)
@@ -579,6 +586,9 @@ def _model_args(p):
                    help="ghost batch norm: while training, normalise each chunk of N samples "
                         "of a batch with its own statistics (Page uses 32)")
     p.add_argument("--aug", choices=AUGS, default="auto")
+    p.add_argument("--cutout", type=int, default=None, metavar="SIZE",
+                   help="also cut out one SIZE x SIZE square per training image, filled with "
+                        "the mean colour (DeVries & Taylor; Page uses 8 on CIFAR-10)")
     p.add_argument("--valid-pct", type=float, default=0.0,
                    help="hold out this fraction of train for validation (default: use the "
                         "dataset's test split, or 0.2 of an image folder)")
