@@ -47,6 +47,11 @@ def _chunks(N: int, ghost_batch_size):
     return [slice(i, min(i + g, N)) for i in range(0, N, g)]
 
 
+def _join(parts):
+    """The chunks' results as one batch (no copy when there is one chunk, the usual case)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class BatchNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
@@ -62,8 +67,7 @@ class BatchNorm(Function):
         ops = kernels.backend()
         if training:
             chunks = _chunks(N, ghost_batch_size)
-            y = np.empty_like(x4)
-            means, variances = [], []
+            outputs, means, variances = [], [], []
             batch_mean = batch_var = 0.0     # chunk averages weighted by size: running stats
             for chunk in chunks:
                 M = x4[chunk].size // C
@@ -71,12 +75,14 @@ class BatchNorm(Function):
                     raise ValueError(f"batch_norm: training needs more than one value per "
                                      f"channel, got input {x.shape} (ghost_batch_size="
                                      f"{ghost_batch_size})")
-                y[chunk], mean, var = ops.batch_norm_train(x4[chunk], weight, bias, eps)
+                y, mean, var = ops.batch_norm_train(x4[chunk], weight, bias, eps)
+                outputs.append(y)
                 means.append(mean)
                 variances.append(var)
                 share = M * C / x4.size
                 batch_mean = batch_mean + share * mean
                 batch_var = batch_var + share * var * (M / (M - 1))    # unbiased, as PyTorch
+            y = _join(outputs)
             if running_mean is not None:
                 running_mean *= 1 - momentum
                 running_mean += momentum * batch_mean
@@ -103,12 +109,13 @@ class BatchNorm(Function):
         # independent batch norms sharing weight and bias: their dweight and dbias add up.
         need = ctx.needs_input_grad
         dy = dy.reshape(ctx.x.shape)
-        dx = np.empty_like(ctx.x)
-        dweight = dbias = 0
+        dxs, dweight, dbias = [], 0, 0
         for chunk, mean, var in zip(ctx.chunks, ctx.means, ctx.vars):
-            dx[chunk], dw, db = kernels.backend().batch_norm_backward(
+            dx, dw, db = kernels.backend().batch_norm_backward(
                 dy[chunk], ctx.x[chunk], ctx.weight, mean, var, ctx.eps, ctx.training)
+            dxs.append(dx)
             dweight, dbias = dweight + dw, dbias + db
+        dx = _join(dxs)
         return (dx.reshape(ctx.x_shape) if need[0] else None, dweight if need[1] else None,
                 dbias if need[2] else None)
 
