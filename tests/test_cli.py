@@ -36,6 +36,7 @@ def test_train_writes_model_pictures_and_metrics(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["epochs"] == 1 and metrics["lr"] > 0 and metrics["seconds"] > 0
+    assert metrics["options"]["epochs"] == 1 and metrics["options"]["cutout"] is None
     # 3,000 images and one epoch: far from the full result, but it has learned something
     assert metrics["test_accuracy"] > 0.7          # chance is 0.1
 

@@ -238,7 +238,8 @@ def cmd_train(args) -> int:
                          mean=list(stats[0]), std=list(stats[1]),
                          image_shape=list(image_shape))
     metrics.update(seconds=round(time.time() - started, 1), lr=lr, epochs=args.epochs,
-                   policy=args.policy, arch=arch, data=args.data, model=model_path)
+                   policy=args.policy, arch=arch, data=args.data, model=model_path,
+                   options={k: v for k, v in vars(args).items() if k != "func"})  # to reproduce
     _write_json(os.path.join(out, "metrics.json"), metrics)
     for key, value in metrics.items():
         if key.endswith("accuracy") or key.endswith("_tta"):
@@ -372,7 +373,7 @@ def _write_json(path: str, obj) -> None:
     """Atomic: a crash mid-write leaves the old file (or none), never half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, indent=2, default=str)   # never lose a run to a value JSON lacks
         f.write("\n")
     os.replace(tmp, path)
 
