@@ -6,6 +6,7 @@
 """
 # _threads first: it configures OpenBLAS, which reads its settings when NumPy is first imported.
 from . import _threads  # noqa: F401  (imported for its side effect)
+from . import _memory  # noqa: F401  (imported for its side effect: freed arrays are reused)
 
 # autograd before tensor: it defines Function, then imports Tensor, whose methods import the ops.
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
