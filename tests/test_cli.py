@@ -121,6 +121,7 @@ def test_predict_refuses_a_wrong_size_image_in_one_line(trained, tmp_path, capsy
     (["train", "--arch", "resnet9", "--logit-scale", "0"], ["logit_scale", "positive"]),
     (["train", "--whiten"], ["--whiten", "C_out must be even and at most 2 * 9", "(32, 1, 3, 3)"]),
     (["train", "--ghost-bn", "1"], ["--ghost-bn", "at least 2", "got 1"]),
+    (["train", "--ghost-bn", "0"], ["--ghost-bn", "at least 2", "got 0"]),
     (["train", "--cutout", "29"], ["--cutout", "image size 28", "got 29"]),
     (["evaluate", "missing.npz", "--data", "mnist"], ["missing.npz"]),
     (["frobnicate"], ["frobnicate"]),

@@ -309,4 +309,3 @@ def test_winograd_float32_is_as_accurate_as_im2col(monkeypatch, rng):
                                                                                *geometry))
     for g, e in zip(got, exact):
         assert np.abs(g - e).max() <= 2e-6 * np.abs(e).max()
-

@@ -13,7 +13,7 @@ def test_freed_arrays_are_reused_instead_of_returned_to_the_os():
     # to the next one of the same size instead of coming back as fresh (page-faulting) pages
     if ctypes.util.find_library("c") is None or not _memory.keep_freed_memory():
         pytest.skip("no glibc mallopt here")
-    probe = ("import numpy as np, os\n"
+    probe = ("import numpy as np\n"
              "{setup}\n"
              "a = np.ones(1 << 24, np.float32); address = a.ctypes.data; del a\n"
              "b = np.empty(1 << 24, np.float32); print(b.ctypes.data == address, b[0] == 1)")

@@ -196,7 +196,7 @@ def setup_learner(args):
     train_dl, valid_dl, _ = make_loaders(ds.train, ds.valid, args.batch_size, transform, args.seed)
     if args.whiten:
         whiten_first_conv(model, ds.train, train_dl, args.seed)
-    if args.ghost_bn:
+    if args.ghost_bn is not None:
         use_ghost_batch_norm(model, args.ghost_bn)
     learn = Learner(model, train_dl, valid_dl, metrics=[accuracy], seed=args.seed, wd=args.wd,
                     opt_func=partial(tc.optim.SGD, momentum=0.9, nesterov=args.nesterov),
