@@ -28,7 +28,7 @@ from . import models
 from .nn.module import Module, StateDictError
 
 __all__ = ["save", "load", "read_model_file", "write_model_file", "model_header",
-           "ModelFileError", "HEADER_KEY", "FORMAT", "FORMAT_VERSION"]
+           "atomic_write", "ModelFileError", "HEADER_KEY", "FORMAT", "FORMAT_VERSION"]
 
 HEADER_KEY = "__tinyconv__"
 FORMAT = "tinyconv-model"
@@ -93,13 +93,27 @@ def write_model_file(path, arrays: dict, header: dict) -> None:
     if HEADER_KEY in arrays:
         raise ValueError(f"save: an array is named {HEADER_KEY!r}, reserved for the header")
     text = json.dumps(header, default=_jsonable)          # fails before anything is written
+    atomic_write(path, lambda f: np.savez(f, **arrays, **{HEADER_KEY: np.array(text)}))
+
+
+def atomic_write(path, write) -> None:
+    """Call `write(f)` on a new binary file next to `path`, then rename it to `path` in one step.
+
+    Whatever stops `write` half-way (an error, Ctrl-C) leaves `path` as it was and removes the
+    temporary file. Used for every file tinyconv writes: models, checkpoints, exports.
+    """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     # a unique name in the same folder (so os.replace is a rename on one file system); "xb" never
     # overwrites, and unlike mkstemp the file gets the usual permissions
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with open(tmp, "xb") as f:
-            np.savez(f, **arrays, **{HEADER_KEY: np.array(text)})
+        f = open(tmp, "xb")
+    except OSError as e:            # name the file the caller asked for, not the temporary one
+        raise type(e)(e.errno, f"cannot write {path!r}: {e.strerror}") from None
+    try:
+        with f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
