@@ -332,13 +332,15 @@ class Learner:
         """Train only the layer groups from index n on; earlier ones are frozen (no gradients,
         no updates). With train_bn (default), batch-norm layers of frozen groups keep training
         (their weights and running statistics); with train_bn=False they are frozen and run in
-        eval mode. n < 0 counts from the end: freeze_to(-1) trains only the last group."""
+        eval mode. n < 0 counts from the end: freeze_to(-1) trains only the last group.
+        A parameter marked frozen (Parameter.frozen) is never made trainable."""
         frozen = n if n >= 0 else self.n_groups + n
         self.frozen_to = max(0, min(frozen, self.n_groups))
         for k, params in enumerate(self._group_params):
             bn_params = {id(p) for m in self._group_bns[k] for p in m.parameters()}
             for p in params:
                 trainable = k >= self.frozen_to or (self.train_bn and id(p) in bn_params)
+                trainable = trainable and not getattr(p, "frozen", False)
                 p.requires_grad = trainable
                 if not trainable:
                     p.grad = None

@@ -217,7 +217,8 @@ class SGD(Optimizer):
         return flat[0][:p.size].reshape(p.shape), flat[1][:p.size].reshape(p.shape)
 
     def step(self, closure=None):
-        """One update of every parameter that has a gradient. Returns closure() if given."""
+        """One update of every parameter that has a gradient and is not frozen (weight decay
+        included). Returns closure() if given."""
         loss = closure() if closure is not None else None
         for k, group in enumerate(self.param_groups):
             lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
@@ -225,7 +226,7 @@ class SGD(Optimizer):
             nesterov = group["nesterov"]
             for i, param in enumerate(group["params"]):
                 grad = param.grad
-                if grad is None:
+                if grad is None or getattr(param, "frozen", False):   # a stale grad: not used
                     continue
                 p = param.data
                 if grad.shape != p.shape:

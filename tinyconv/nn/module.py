@@ -25,13 +25,34 @@ __all__ = ["Parameter", "Buffer", "Module", "Sequential", "StateDictError"]
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module learns: requires_grad is True; optimizers update `.data` in place."""
+    """A Tensor that a Module learns: requires_grad is True; optimizers update `.data` in place.
 
-    def __init__(self, data, requires_grad: bool = True):
-        super().__init__(data, requires_grad=requires_grad)
+    frozen=True marks it as never trained, whatever happens later: requires_grad becomes False,
+    the gradient is dropped, and Learner.freeze_to / unfreeze, Module.requires_grad_ and the
+    optimizers leave it alone (a fixed whitening filter, a batch-norm scale pinned at 1). Setting
+    frozen back to False makes it trainable again.
+    """
+
+    def __init__(self, data, requires_grad: bool = True, frozen: bool = False):
+        super().__init__(data, requires_grad=requires_grad and not frozen)
+        self._frozen = bool(frozen)
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        # a property, not a plain flag: freezing must also stop gradients now, not at the next
+        # freeze_to, so that the next backward() does not compute one
+        self._frozen = bool(value)
+        self.requires_grad = not self._frozen
+        if self._frozen:
+            self.grad = None
 
     def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+        frozen = ", frozen" if self._frozen else ""
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}{frozen})"
 
 
 class Buffer(Tensor):
@@ -145,9 +166,9 @@ class Module:
             p.grad = None
 
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
-        """Freeze (False) or unfreeze (True) every parameter of the tree."""
+        """Freeze (False) or unfreeze (True) every parameter of the tree (a frozen one stays so)."""
         for p in self.parameters():
-            p.requires_grad = bool(requires_grad)
+            p.requires_grad = bool(requires_grad) and not p.frozen
         return self
 
     def astype(self, dtype) -> "Module":
