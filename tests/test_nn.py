@@ -232,6 +232,47 @@ def test_patch_whitening_refuses_bad_shapes():
         init.patch_whitening_(np.zeros((6, 3, 3, 3)), np.zeros((4, 3, 2, 8)))
 
 
+def test_patch_whitening_uncentred_whitens_the_second_moment_with_all_directions():
+    """center=False (airbench): E[y y^T] over patches is the identity, mean not removed, and
+    C_out = 2 * C*KH*KW keeps every direction and its negative."""
+    rng = np.random.default_rng(1)
+    images = _correlated_images(rng) + 3.0                          # a mean far from 0
+    weight = np.zeros((24, 3, 2, 2))
+    init.patch_whitening_(weight, images, eps=0.0, center=False)
+    out = F.conv2d(tc.Tensor(images), tc.Tensor(weight)).data
+    channels = out.transpose(1, 0, 2, 3).reshape(24, -1)
+    second_moment = channels[:12] @ channels[:12].T / channels.shape[1]
+    np.testing.assert_allclose(second_moment, np.eye(12), atol=1e-8)
+    np.testing.assert_allclose(channels[12:], -channels[:12])
+    centred = np.zeros((24, 3, 2, 2))
+    init.patch_whitening_(centred, images, eps=0.0)                 # the default is unchanged
+    assert not np.allclose(np.abs(centred), np.abs(weight), atol=1e-3)
+
+
+@pytest.mark.parametrize("shape, groups", [((6, 3, 3, 3), 1), ((8, 2, 3, 5), 2),
+                                           ((2, 5, 3, 3), 1), ((4, 4, 3), 1),
+                                           ((6, 2, 3, 3, 3), 3), ((24, 4, 1, 2), 4)])
+def test_dirac_matches_torch(shape, groups):
+    torch = pytest.importorskip("torch")
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = torch.nn.init.dirac_(torch.from_numpy(w.copy()), groups=groups).numpy()
+    assert init.dirac_(w, groups=groups) is w
+    np.testing.assert_array_equal(w, expected)
+
+
+def test_dirac_conv_copies_its_input_and_works_on_a_slice_of_filters(rng):
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False, rng=rng)
+    init.dirac_(conv.weight.data[:3])                    # airbench: the first C_in filters only
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    y = conv(tc.Tensor(x)).data
+    np.testing.assert_array_equal(y[:, :3], x)
+    assert np.abs(conv.weight.data[3:]).sum() > 0        # the other filters keep their init
+    with pytest.raises(ValueError, match=r"divisible by groups \(2\)"):
+        init.dirac_(np.zeros((3, 3, 3, 3)), groups=2)
+    with pytest.raises(ValueError, match="1 to 3 spatial"):
+        init.dirac_(np.zeros((3, 3)))
+
+
 def test_calculate_gain_matches_torch():
     torch = pytest.importorskip("torch")
     for name, param in [("relu", None), ("tanh", None), ("leaky_relu", None),
@@ -281,6 +322,50 @@ def test_ghost_batchnorm_trains_on_chunks_and_evaluates_with_running_stats(rng):
     np.testing.assert_allclose(bn(tc.Tensor(x)).data,
                                (x - bn.running_mean.data[:, None, None])
                                / np.sqrt(bn.running_var.data[:, None, None] + 1e-5), rtol=1e-4)
+
+
+def test_batchnorm_without_weight_matches_airbench_torch_batchnorm(rng):
+    """weight=False (airbench's BatchNorm: torch BatchNorm2d with weight.requires_grad=False),
+    eps=1e-12, momentum 0.4 in torch's convention: forward, backward, running statistics,
+    state_dict both ways; the weight stays 1 through an SGD step with weight decay."""
+    torch = pytest.importorskip("torch")
+    ours = nn.BatchNorm2d(3, eps=1e-12, momentum=0.4, weight=False)
+    theirs = torch.nn.BatchNorm2d(3, eps=1e-12, momentum=0.4)
+    theirs.weight.requires_grad = False
+    with torch.no_grad():
+        theirs.bias.normal_()
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    assert ours.weight.frozen and not ours.weight.requires_grad
+    assert [n for n, _ in ours.named_parameters()] == ["weight", "bias"]
+    for _ in range(2):
+        x = rng.standard_normal((4, 3, 5, 6)).astype(np.float32) * 2 + 1
+        x_ours, xt = tc.Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+        y, yt = ours(x_ours), theirs(xt)
+        np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        y.backward(dy)
+        yt.backward(torch.from_numpy(dy))
+        np.testing.assert_allclose(x_ours.grad, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ours.bias.grad, theirs.bias.grad.numpy(), rtol=1e-4)
+        assert ours.weight.grad is None and theirs.weight.grad is None
+    for key, value in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[key], value.numpy(), rtol=1e-5, atol=1e-6)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    tc.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=0.5).step()
+    np.testing.assert_array_equal(ours.weight.data, np.ones(3, dtype=np.float32))
+    assert "weight=False" in repr(ours)
+
+
+def test_batchnorm_affine_false_has_no_weight_or_bias_like_torch(rng):
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.BatchNorm2d(3, affine=False), torch.nn.BatchNorm2d(3, affine=False)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert list(ours.parameters()) == []
+    x = rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    np.testing.assert_allclose(ours(tc.Tensor(x)).data,
+                               theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="affine=False there is no weight"):
+        nn.BatchNorm2d(3, affine=False, weight=False)
 
 
 def test_dropout_uses_its_generator_and_passes_through_in_eval():

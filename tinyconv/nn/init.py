@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["calculate_gain", "fan_in_and_fan_out", "uniform_", "normal_", "constant_", "zeros_",
            "ones_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-           "default_uniform_", "patch_whitening_"]
+           "default_uniform_", "dirac_", "patch_whitening_"]
 
 
 def _array(tensor) -> np.ndarray:
@@ -132,7 +132,36 @@ def default_uniform_(weight, bias=None, generator=None):
     return weight
 
 
-def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256):
+def dirac_(tensor, groups: int = 1):
+    """Identity filters, as torch.nn.init.dirac_: a conv with this weight copies its input.
+
+    weight (C_out, C_in, *kernel) with 1 to 3 spatial dimensions. Within each of the `groups`
+    blocks of C_out/groups filters, filter d is 1 at input channel d and the kernel's centre
+    (index k // 2 along each axis), for d < min(C_out/groups, C_in); everything else is 0. So
+    the first C_in outputs of each group are the inputs and any further ones are 0.
+
+    Why (airbench): a conv initialised as dirac_ on its first C_in filters starts out as an
+    implicit residual connection (identity plus what the other filters add), which deep plain
+    nets train better from. Apply it to those filters only with `dirac_(conv.weight.data[:C_in])`.
+    """
+    w = _array(tensor)
+    if not 3 <= w.ndim <= 5:
+        raise ValueError(f"dirac_: needs a conv weight (C_out, C_in, *kernel) with 1 to 3 "
+                         f"spatial dimensions, got shape {w.shape}")
+    if groups < 1 or w.shape[0] % groups:
+        raise ValueError(f"dirac_: C_out ({w.shape[0]}) must be divisible by groups ({groups}), "
+                         f"weight {w.shape}")
+    per_group = w.shape[0] // groups
+    centre = tuple(k // 2 for k in w.shape[2:])
+    w[...] = 0
+    for g in range(groups):
+        for d in range(min(per_group, w.shape[1])):
+            w[(g * per_group + d, d) + centre] = 1
+    return tensor
+
+
+def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256,
+                     center: bool = True):
     """Patch whitening as an initialisation (Page's ResNet-9 follow-ups; Jordan's airbench):
     the filters of a conv weight (C_out, C, KH, KW) become the principal directions of the
     images' KH x KW patches, scaled to give unit-variance, uncorrelated outputs.
@@ -148,6 +177,12 @@ def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256):
     filters start out seeing every direction equally, and early training goes faster (CIFAR-10,
     ResNet-9 width 32: 62% instead of 49% after the first epoch; after 20 epochs the two were
     equal). The filters ignore the patches' mean: in conv_bn the BatchNorm after them removes it.
+
+    center=False uses the patches' second moment E[p p^T] instead of their covariance (the mean
+    is not subtracted), as airbench does: its whitening conv has no BatchNorm after it, so the
+    filters must also account for the patches' mean. airbench's stem is
+    patch_whitening_(w (24, 3, 2, 2), first 5000 training images, eps=5e-4, center=False):
+    all 12 directions of a 2x2x3 patch and their negatives.
     """
     w = _array(weight)
     x = np.asarray(images)
@@ -162,7 +197,7 @@ def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256):
     if x.shape[2] < kh or x.shape[3] < kw:
         raise ValueError(f"patch_whitening_: images {x.shape} are smaller than the kernel "
                          f"{kh}x{kw}")
-    # patch covariance, accumulated a chunk of images at a time (all patches at once could take
+    # patch covariance (or second moment), accumulated a chunk of images at a time (all patches at once could take
     # gigabytes): sum of p p^T and sum of p over every position of every image
     total, outer, count = np.zeros(dim), np.zeros((dim, dim)), 0
     for start in range(0, len(x), chunk):
@@ -173,7 +208,7 @@ def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256):
         outer += patches.T @ patches
         count += len(patches)
     mean = total / count
-    covariance = outer / count - np.outer(mean, mean)
+    covariance = outer / count - (np.outer(mean, mean) if center else 0.0)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)                   # ascending
     k = c_out // 2
     top_values, top_vectors = eigenvalues[::-1][:k], eigenvectors[:, ::-1][:, :k]

@@ -91,15 +91,28 @@ class BatchNorm2d(Module):
     momentum=None: a cumulative average over all batches seen (num_batches_tracked counts them).
     ghost_batch_size=g: training normalises each chunk of g samples on its own (ghost batch
     norm, a regulariser; see ops/norm.py). Evaluation: normalise with the running statistics.
+
+    affine=False: no weight and no bias (scale 1, shift 0), as torch. weight=False: the scale is
+    pinned at 1 and never trained, only the bias is (airbench's BatchNorm, whose conv and BN
+    bias carry everything the scale would). The weight is then still there, a frozen Parameter
+    of ones, so the state_dict has torch's keys and a torch BatchNorm2d's state loads.
+    (airbench writes momentum 0.6 for the weight of the OLD statistics; in torch's convention,
+    used here, that is momentum=0.4, with eps=1e-12.)
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, *, weight: bool = True,
                  ghost_batch_size: int | None = None):
         super().__init__()
+        if not affine and not weight:
+            raise ValueError("BatchNorm2d: weight=False pins the scale of an affine batch norm; "
+                             "with affine=False there is no weight to pin")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.ghost_batch_size = ghost_batch_size
-        self.weight = Parameter(np.ones(num_features, dtype=np.float32))
-        self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
+        self.affine, self.ghost_batch_size = affine, ghost_batch_size
+        self.weight = self.bias = None
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype=np.float32), frozen=not weight)
+            self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
         self.running_mean = Buffer(np.zeros(num_features, dtype=np.float32))
         self.running_var = Buffer(np.ones(num_features, dtype=np.float32))
         self.num_batches_tracked = Buffer(np.zeros((), dtype=np.int64))
@@ -115,8 +128,14 @@ class BatchNorm2d(Module):
                             ghost_batch_size=self.ghost_batch_size)
 
     def extra_repr(self) -> str:
-        ghost = "" if self.ghost_batch_size is None else f", ghost_batch_size={self.ghost_batch_size}"
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{ghost}"
+        s = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        if not self.affine:
+            s += ", affine=False"
+        elif self.weight.frozen:
+            s += ", weight=False"
+        if self.ghost_batch_size is not None:
+            s += f", ghost_batch_size={self.ghost_batch_size}"
+        return s
 
 
 class ReLU(Module):
