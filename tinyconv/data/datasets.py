@@ -19,7 +19,6 @@ silently short dataset.
 """
 import gzip
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -29,6 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from tinyconv.data import safe_pickle
+from tinyconv.data.safe_pickle import RestrictedUnpickler, UnsafePickleError
 
 __all__ = ["DatasetError", "UnsafePickleError", "RestrictedUnpickler", "ArrayDataset", "MNIST",
            "CIFAR10", "ImageFolder", "split", "read_idx", "IMAGE_EXTENSIONS", "default_cache_dir"]
@@ -207,59 +209,11 @@ class MNIST(ArrayDataset):
 # CIFAR-10 (python pickles or binary records)
 # --------------------------------------------------------------------------------------------------
 
-def _numpy_core():
-    return getattr(np, "_core", None) or np.core     # NumPy 2 renamed numpy.core to numpy._core
-
-
-def _bytes_from_latin1(text, encoding="latin1"):
-    """What protocol 2 calls as _codecs.encode(text, 'latin1') to spell bytes; nothing else."""
-    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
-        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, "
-                                     f"{encoding!r}): only latin1 text is expected")
-    return text.encode("latin1")
-
-
-_CORE = _numpy_core()
-# The only globals a CIFAR pickle names (written by Python 2 cPickle, or re-saved by Python 3 with
-# any protocol): how to rebuild an ndarray and its dtype, and how protocol 2 spells bytes.
-_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _CORE.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _CORE.multiarray._reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _CORE.numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _CORE.numeric._frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _bytes_from_latin1,
-}
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle names a global outside the allowed few: refused before anything runs."""
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals in `_PICKLE_GLOBALS`.
-
-    A pickle can call any importable function while loading (os.system, eval, ...); refusing every
-    other name makes loading a downloaded CIFAR batch as safe as reading an array.
-    """
-
-    def __init__(self, file):
-        super().__init__(file, encoding="latin1")   # latin1: Python 2 str -> str, arrays intact
-
-    def find_class(self, module, name):
-        try:
-            return _PICKLE_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}' (only the NumPy array globals of a "
-                f"CIFAR batch are allowed)") from None
-
-
 def _load_pickle(path):
+    """The pickle at `path` via `safe_pickle.load`: no code runs, arrays are fresh copies."""
     data = _read_bytes(path)
     try:
-        return RestrictedUnpickler(io.BytesIO(data)).load()
+        return safe_pickle.load(data)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
     except pickle.UnpicklingError as e:
