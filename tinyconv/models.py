@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from .nn.layers import Flatten, Linear, MaxPool2d, ReLU, Residual, Scale, conv_bn
 from .nn.module import Module, Sequential
+from .resnets import resnet18, resnet34, resnet50  # torchvision's ResNets (resnets.py)
 
-__all__ = ["MnistCNN", "ResNet9", "mnist_cnn", "resnet9", "ARCHITECTURES", "build"]
+__all__ = ["MnistCNN", "ResNet9", "mnist_cnn", "resnet9", "ARCHITECTURES", "build",
+           "resnet18", "resnet34", "resnet50"]
 
 
 class MnistCNN(Sequential):
@@ -82,6 +84,7 @@ def resnet9(num_classes: int = 10, width: int = 64, logit_scale: float = 1.0, rn
 
 
 ARCHITECTURES = {"mnist_cnn": mnist_cnn, "resnet9": resnet9}
+ARCHITECTURES.update(resnet18=resnet18, resnet34=resnet34, resnet50=resnet50)
 
 
 def build(arch_name: str, **arch_args) -> Module:
