@@ -18,6 +18,10 @@ A transform has a probability `p` (applied per image) and three kinds:
 
 Order: all geometric transforms (in list order), then value transforms (in list order), then erase.
 
+Per-sample transforms (`per_sample = True`, e.g. AlternatingFlip) also see WHICH images a batch
+holds and in WHICH epoch: the DataLoader passes a `BatchInfo` (dataset indices, epoch number, the
+loader's fixed per-run seed), so a choice can be made once per image and replayed every epoch.
+
 Randomness is drawn first and recorded: `draws = tfm.draw(rng, n, (H, W))` returns a `Draws`
 record (the arrays of every random choice), `tfm.apply(images, draws)` is a pure function of it.
 `tfm(images, rng)` does both; replaying recorded draws reproduces a batch bit for bit.
@@ -33,14 +37,14 @@ import numpy as np
 from tinyconv import augment_kernels as K
 
 __all__ = [
-    "Transform", "Compose", "Draws",
-    "FlipLR", "FlipUD", "Dihedral", "Rot90", "Rotate", "Zoom", "Translate", "Shift", "Warp",
+    "Transform", "Compose", "Draws", "BatchInfo",
+    "FlipLR", "FlipUD", "AlternatingFlip", "Dihedral", "Rot90", "Rotate", "Zoom", "Translate", "Shift", "Warp",
     "RandomCrop", "RandomResizedCrop", "Resize", "Lighting", "Brightness", "Contrast", "Cutout",
-    "flip_lr", "flip_ud", "dihedral", "rot90", "rotate", "zoom", "translate", "warp",
+    "flip_lr", "flip_ud", "alternating_flip", "dihedral", "rot90", "rotate", "zoom", "translate", "warp",
     "random_crop", "random_resized_crop", "resize", "lighting", "brightness", "contrast", "cutout",
     "transforms_basic", "transforms_side_on", "transforms_top_down", "aug_transforms",
-    "cifar_transforms", "CIFAR10_MEAN", "CIFAR10_STD",
-    "normalize", "denormalize", "channel_stats", "tta_combine",
+    "cifar_transforms", "airbench_transforms", "CIFAR10_MEAN", "CIFAR10_STD",
+    "normalize", "denormalize", "channel_stats", "tta_combine", "TTA_MODES", "tta_views",
 ]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -124,11 +128,25 @@ class Draws:
     params: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """Which images a batch holds, and when: what a per-sample transform decides from.
+
+    index (n,) int64: the dataset positions of the batch's images; epoch: the epoch number
+    (0 first); seed: the loader's per-run seed (the same every epoch); n_items: the dataset size.
+    """
+    index: np.ndarray
+    epoch: int
+    seed: int
+    n_items: int
+
+
 class Transform:
     """A random augmentation with per-image probability `p`; subclasses set `kind`."""
 
     kind = None          # "affine", "value" or "erase"
     pad_mode = None      # affine transforms may require one; Compose checks they agree
+    per_sample = False   # True: draw(rng, n, size, info) also gets the batch's BatchInfo
 
     def __init__(self, p):
         if not 0.0 <= p <= 1.0:
@@ -145,8 +163,8 @@ class Transform:
     def out_size(self, size):
         return size
 
-    def __call__(self, images, rng, return_draws=False):
-        return Compose([self])(images, rng, return_draws=return_draws)
+    def __call__(self, images, rng, return_draws=False, info=None):
+        return Compose([self])(images, rng, return_draws=return_draws, info=info)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -200,6 +218,30 @@ class FlipUD(FlipLR):
 
     def matrix(self, d, in_size, out_size):
         return _where(d["do"], _linear_about_centre(np.diag([1.0, -1.0])[None], in_size))
+
+
+class AlternatingFlip(FlipLR):
+    """airbench's alternating flip: each image gets a random left-right flip ONCE (probability p,
+    from the loader's per-run seed), and every odd epoch mirrors all of them, so every image is
+    seen in both orientations in turn (Jordan 2024: more diverse than a fresh coin each epoch).
+
+        flipped(i, epoch) = base[i] XOR (epoch is odd),  base = default_rng(seed).random(N) < p
+
+    A pure function of (seed, index, epoch): resuming at epoch k repeats the same flips. Needs the
+    loader's BatchInfo; called on a bare batch it acts as epoch 0 of a seed drawn from rng.
+    """
+
+    per_sample = True
+
+    def draw(self, rng, n, size, info=None):
+        if info is None:
+            info = BatchInfo(np.arange(n), 0, int(rng.integers(0, 2 ** 63)), n)
+        if len(info.index) != n:
+            raise ValueError(f"AlternatingFlip: BatchInfo holds {len(info.index)} indices for a "
+                             f"batch of {n} images")
+        # all N coins from the per-run seed, every batch: 45,000 draws cost ~0.2 ms, no cache
+        base = np.random.default_rng(info.seed).random(info.n_items) < self.p
+        return {"do": base[info.index] ^ bool(info.epoch % 2)}
 
 
 class Rot90(AffineTransform):
@@ -284,23 +326,35 @@ class Zoom(AffineTransform):
 
 
 class Translate(AffineTransform):
-    """Shift by U(-max_pct, max_pct) of the width and of the height."""
+    """Shift by U(-max_pct, max_pct) of the width and of the height (fastai), or, with
+    pixels=N, by a whole number of pixels drawn uniformly from -N..N on each axis: exactly "pad N
+    on every side, crop a random window of the input size" (airbench's translate=2, and the
+    classic CIFAR pad-and-crop), the uncovered edge filled by pad_mode.
 
-    def __init__(self, max_pct=0.1, p=0.75, pad_mode=None):
-        super().__init__(p)
-        self.max_pct = float(max_pct)
+    p: the probability per image; None means 0.75 for max_pct (fastai) and 1.0 for pixels.
+    """
+
+    def __init__(self, max_pct=0.1, p=None, pad_mode=None, pixels=None):
+        super().__init__((0.75 if pixels is None else 1.0) if p is None else p)
+        if pixels is not None and (int(pixels) != pixels or pixels < 0):
+            raise ValueError(f"Translate: pixels must be a whole number >= 0, got {pixels!r}")
+        self.max_pct = float(max_pct) if pixels is None else None     # pixels replaces it
+        self.pixels = None if pixels is None else int(pixels)
         self.pad_mode = _pad_mode(pad_mode)
 
     def draw(self, rng, n, size):
-        t = rng.uniform(-self.max_pct, self.max_pct, (n, 2))
+        if self.pixels is None:
+            t, key = rng.uniform(-self.max_pct, self.max_pct, (n, 2)), "shift_pct"
+        else:
+            t, key = rng.integers(-self.pixels, self.pixels + 1, (n, 2)), "shift_px"
         do = self._do(rng, n)
-        return {"do": do, "shift_pct": np.where(do[:, None], t, 0.0)}
+        return {"do": do, key: np.where(do[:, None], t, 0)}      # (x, y) columns
 
     def matrix(self, d, in_size, out_size):
         H, W = in_size
+        shift = d["shift_px"] if "shift_px" in d else d["shift_pct"] * np.array([W, H])
         m = _eye(d["do"].shape[0])
-        m[:, 0, 2] = -d["shift_pct"][:, 0] * W
-        m[:, 1, 2] = -d["shift_pct"][:, 1] * H
+        m[:, 0, 2], m[:, 1, 2] = -shift[:, 0], -shift[:, 1]
         return m
 
 
@@ -577,7 +631,8 @@ class Cutout(EraseTransform):
 
 
 # Lower-case names, as in the API (A.flip_lr(p=0.5) builds a transform).
-flip_lr, flip_ud, dihedral, rot90, rotate = FlipLR, FlipUD, Dihedral, Rot90, Rotate
+flip_lr, flip_ud, alternating_flip = FlipLR, FlipUD, AlternatingFlip
+dihedral, rot90, rotate = Dihedral, Rot90, Rotate
 zoom, translate, warp, random_crop = Zoom, Translate, Warp, RandomCrop
 random_resized_crop, resize, lighting, brightness = RandomResizedCrop, Resize, Lighting, Brightness
 contrast, cutout = Contrast, Cutout
@@ -618,13 +673,19 @@ class Compose:
             size = t.out_size(size)
         return size
 
-    def draw(self, rng, n, size):
-        """Draw every transform's parameters for n images of size (H, W), in list order."""
+    @property
+    def per_sample(self):
+        """True if some transform wants the batch's BatchInfo (the DataLoader then passes it)."""
+        return any(t.per_sample for t in self.tfms)
+
+    def draw(self, rng, n, size, info=None):
+        """Draw every transform's parameters for n images of size (H, W), in list order;
+        `info` (a BatchInfo) goes to the per-sample transforms."""
         size = tuple(int(s) for s in size)
         params = []
         cur = size
         for t in self.tfms:
-            params.append(t.draw(rng, n, cur))
+            params.append(t.draw(rng, n, cur, info) if t.per_sample else t.draw(rng, n, cur))
             cur = t.out_size(cur)
         return Draws(n, size, cur, params)
 
@@ -674,14 +735,15 @@ class Compose:
                 t.erase(out, d)
         return out
 
-    def __call__(self, images, rng, return_draws=False):
-        """Draw then apply. images (N, H, W, C) uint8 -> augmented copy (and the Draws)."""
+    def __call__(self, images, rng, return_draws=False, info=None):
+        """Draw then apply. images (N, H, W, C) uint8 -> augmented copy (and the Draws).
+        info: the batch's BatchInfo, for per-sample transforms (the DataLoader passes it)."""
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"augment: rng must be a np.random.Generator, got {type(rng).__name__}")
         images = np.asarray(images)
         if images.ndim != 4:
             raise ValueError(f"augment: images must be (N, H, W, C), got shape {images.shape}")
-        draws = self.draw(rng, images.shape[0], images.shape[1:3])
+        draws = self.draw(rng, images.shape[0], images.shape[1:3], info)
         out = self.apply(images, draws)
         return (out, draws) if return_draws else out
 
@@ -757,6 +819,21 @@ def cifar_transforms(size=32, padding=4, flip=True, cutout=None, pad_mode="refle
     return Compose(tfms, pad_mode=pad_mode)
 
 
+def airbench_transforms(translate=2, flip="alternating", pad_mode="reflection"):
+    """airbench94's training augmentation (Jordan 2024): a random translation by up to
+    `translate` pixels (pad `translate` on every side by pad_mode, crop back to the input size; a
+    new window every epoch) and the flip: "alternating" (AlternatingFlip: random once, then
+    mirrored every odd epoch; needs the DataLoader's BatchInfo), "random" (FlipLR(0.5), a new
+    coin every epoch) or None."""
+    if flip not in ("alternating", "random", None):
+        raise ValueError(f"airbench_transforms: flip must be 'alternating', 'random' or None, "
+                         f"got {flip!r}")
+    tfms = [Translate(pixels=translate, pad_mode=pad_mode)] if translate else []
+    if flip is not None:
+        tfms.append(AlternatingFlip(0.5) if flip == "alternating" else FlipLR(0.5))
+    return Compose(tfms, pad_mode=pad_mode)
+
+
 # --------------------------------------------------------------------------------------------------
 # Normalisation and TTA
 # --------------------------------------------------------------------------------------------------
@@ -821,3 +898,27 @@ def tta_combine(plain, augmented, beta=0.25):
         raise ValueError(f"tta_combine: augmented must be (n, *{plain.shape}), "
                          f"got {augmented.shape}")
     return (1 - beta) * augmented.mean(axis=0) + beta * plain
+
+
+TTA_MODES = ("aug", "flip", "shift")
+
+
+def tta_views(mode):
+    """The fixed test-time views of `mode` as [(weight, transform or None for the plain image)];
+    the TTA prediction is the weighted sum of the model's outputs (logits, as airbench) on them.
+
+    flip: the image and its mirror, 1/2 each (airbench tta_level=1).
+    shift: half the flip average, plus a quarter each of the flip averages of the image shifted
+      one pixel down-right and one pixel up-left, reflect padded (airbench tta_level=2, 6 views).
+    ("aug", fastai's random passes, is not a fixed set of views: see Learner.tta.)
+    """
+    def mirrored(weight, dx=0, dy=0):
+        shift = [Shift(dx, dy, "reflection")] if dx or dy else []
+        return [(weight / 2, Compose(shift) if shift else None),
+                (weight / 2, Compose(shift + [FlipLR(1.0)]))]
+
+    if mode == "flip":
+        return mirrored(1.0)
+    if mode == "shift":
+        return mirrored(0.5) + mirrored(0.25, 1, 1) + mirrored(0.25, -1, -1)
+    raise ValueError(f"tta_views: mode must be 'flip' or 'shift', got {mode!r}")

@@ -4,7 +4,7 @@ A batch is made in four steps, all on arrays:
 
     idx    = order[b * batch_size : (b + 1) * batch_size]     # the epoch's (shuffled) order
     images = dataset.images[idx]                                # (B, H, W, C) uint8
-    images = transform(images, rng_b)                           # augmentation, still uint8
+    images = transform(images, rng_b[, info])                   # augmentation, still uint8
     x      = normalize(images, mean, std)                       # (B, C, H, W) float32
 
 and `y = dataset.labels[idx]` (int64), which no transform ever sees.
@@ -13,6 +13,13 @@ Reproducible whatever the timing: each epoch takes ONE integer seed from the loa
 a SeedSequence spawns from it the shuffle and one independent stream per batch. The background
 worker may run ahead or behind, batch b always gets stream b, so the same seed gives the same
 batches. `dl.epoch(seed)` replays an epoch, `dl.last_seed` is the seed of the latest one.
+
+Per-sample transforms (AlternatingFlip) also get `info`, a BatchInfo: the batch's dataset indices,
+the epoch NUMBER and `dl.sample_seed`, a per-run seed derived from the seed of `rng` without
+drawing from it (the epoch seeds stay what they were). The number comes from `dl.set_epoch(k)`
+(the Learner calls it before every training epoch, so a fit resumed at epoch k continues the
+pattern), else from a counter that each `iter(dl)` advances. A per-image choice made "once" is
+then a pure function of (sample_seed, index, epoch), whatever the shuffle or the batch size.
 
 Overlap: the worker thread builds the next `prefetch` batches while the model trains on the
 current one; the augmentation kernels release the GIL, so this is real parallel work.
@@ -23,7 +30,7 @@ import threading
 
 import numpy as np
 
-from tinyconv.augment import Compose, channel_stats, normalize
+from tinyconv.augment import BatchInfo, Compose, channel_stats, normalize
 
 __all__ = ["DataLoader", "loaders"]
 
@@ -35,6 +42,17 @@ class _Failure:
 
     def __init__(self, exc):
         self.exc = exc
+
+
+def _sample_seed(rng):
+    """A per-run seed for per-sample transforms, from the SeedSequence that seeded `rng` (a
+    spawned child of it), so the same loader seed gives the same per-image choices, and nothing is
+    drawn from rng itself. Restoring rng's state (a checkpoint) does not change it."""
+    seq = rng.bit_generator.seed_seq
+    if getattr(seq, "entropy", None) is None:       # a legacy-seeded bit generator: no seed
+        return None
+    child = np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, 0x5A3B1E))
+    return int(child.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _dataset_arrays(dataset):
@@ -62,9 +80,10 @@ class DataLoader:
     dataset: an ArrayDataset (or anything with len and ds[i] -> (image HWC uint8, label)).
     shuffle: a new order every epoch. drop_last: skip a final partial batch.
     transform: an augmentation (a Compose, a Transform or a list of them), or any callable
-      (images (B, H, W, C) uint8, rng) -> uint8 images; applied to every batch.
+      (images (B, H, W, C) uint8, rng) -> uint8 images; applied to every batch. One whose
+      `per_sample` is true is called as transform(images, rng, info=BatchInfo(...)).
     rng: np.random.Generator; one seed per epoch is drawn from it when shuffling or augmenting
-      (default: a fresh unseeded Generator).
+      (default: a fresh unseeded Generator); `sample_seed` is derived from its seed.
     mean, std: per-channel statistics on the [0, 1] scale; None computes them from the dataset.
       Give a validation loader the training loader's (`loaders` does). normalize=False: x / 255.
     prefetch: batches the background thread prepares ahead; 0 makes batches in the caller.
@@ -93,6 +112,8 @@ class DataLoader:
         self.std = tuple(float(v) for v in np.broadcast_to(np.asarray(std, np.float64), (C,)))
         self.prefetch = int(prefetch)
         self.last_seed = None
+        self.sample_seed = _sample_seed(self.rng)
+        self.next_epoch, self.last_epoch = 0, None
 
     # --- the plan of an epoch ---------------------------------------------------------------------
 
@@ -111,33 +132,51 @@ class DataLoader:
         order = np.random.default_rng(order_seq).permutation(n) if self.shuffle else np.arange(n)
         return order, batch_seqs
 
-    def make_batch(self, idx, seed_seq=None):
-        """(x (B, C, H, W) float32, y (B,) int64) for dataset indices `idx`; the transform draws
-        from np.random.default_rng(seed_seq). A pure function of its arguments."""
+    def make_batch(self, idx, seed_seq=None, epoch=0):
+        """(x (B, C, H, W) float32, y (B,) int64) for dataset indices `idx` in epoch number
+        `epoch`; the transform draws from np.random.default_rng(seed_seq). A pure function of
+        its arguments (and of sample_seed)."""
         images = self.images[idx]
         if self.transform is not None:
-            images = self.transform(images, np.random.default_rng(seed_seq))
+            rng = np.random.default_rng(seed_seq)
+            if getattr(self.transform, "per_sample", False):
+                if self.sample_seed is None:
+                    raise ValueError("DataLoader: a per-sample transform needs an rng made from "
+                                     "a seed (np.random.default_rng(seed)); this one has none")
+                info = BatchInfo(np.asarray(idx), int(epoch), self.sample_seed, len(self.labels))
+                images = self.transform(images, rng, info=info)
+            else:
+                images = self.transform(images, rng)
         return normalize(images, self.mean, self.std), self.labels[idx]
 
-    def epoch(self, seed):
-        """Iterate the batches of the epoch with this seed (prepared by the worker thread)."""
+    def epoch(self, seed, number=0):
+        """Iterate the batches of the epoch with this seed and epoch number (the number matters
+        to per-sample transforms only), prepared by the worker thread."""
         order, seqs = self.plan(seed)
         B = self.batch_size
-        jobs = [(order[b * B:(b + 1) * B], seqs[b]) for b in range(len(self))]
+        jobs = [(order[b * B:(b + 1) * B], seqs[b], number) for b in range(len(self))]
         if self.prefetch <= 0:
-            return (self.make_batch(idx, s) for idx, s in jobs)
+            return (self.make_batch(*job) for job in jobs)
         return self._prefetched(jobs)
+
+    def set_epoch(self, number):
+        """The epoch number of the next iteration (then counted on from there)."""
+        if int(number) != number or number < 0:
+            raise ValueError(f"DataLoader.set_epoch: the epoch must be a whole number >= 0, "
+                             f"got {number!r}")
+        self.next_epoch = int(number)
 
     def __iter__(self):
         randomised = self.shuffle or self.transform is not None
         # no draw when nothing is random: iterating a validation loader leaves the rng untouched
         self.last_seed = int(self.rng.integers(0, 2 ** 63)) if randomised else 0
-        return iter(self.epoch(self.last_seed))
+        self.last_epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        return iter(self.epoch(self.last_seed, self.last_epoch))
 
-    def one_batch(self, seed=0):
+    def one_batch(self, seed=0, epoch=0):
         """The first batch of the epoch with `seed` (does not touch the loader's rng)."""
         order, seqs = self.plan(seed)
-        return self.make_batch(order[:self.batch_size], seqs[0])
+        return self.make_batch(order[:self.batch_size], seqs[0], epoch)
 
     def with_transform(self, transform, rng=None):
         """A copy of this loader (same data, order rule and statistics) with another transform,
@@ -145,7 +184,8 @@ class DataLoader:
         dl = copy.copy(self)
         dl.transform = Compose(transform) if isinstance(transform, (list, tuple)) else transform
         dl.rng = rng if rng is not None else np.random.default_rng()
-        dl.last_seed = None
+        dl.last_seed, dl.sample_seed = None, _sample_seed(dl.rng)
+        dl.next_epoch, dl.last_epoch = 0, None
         return dl
 
     # --- the background worker --------------------------------------------------------------------
@@ -165,8 +205,8 @@ class DataLoader:
 
         def work():
             try:
-                for idx, seq in jobs:
-                    if not put(self.make_batch(idx, seq)):
+                for job in jobs:
+                    if not put(self.make_batch(*job)):
                         return
                 put(_END)
             except BaseException as e:   # carried to the consumer: never a silent short epoch
