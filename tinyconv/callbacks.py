@@ -40,6 +40,7 @@ import warnings
 import numpy as np
 
 from .metrics import metric_name
+from .optim import layer_group_values, n_layer_groups, set_hyper
 
 __all__ = ["EVENTS", "Callback", "CancelBatch", "CancelTrain", "CancelValid", "CancelEpoch",
            "CancelFit", "Recorder", "ParamScheduler", "LRFinder", "TerminateOnNaN",
@@ -92,8 +93,9 @@ class Recorder(Callback):
     """Remembers what happened, for the progress table, plots and callbacks that track a metric.
 
     Per training batch (lists with one entry per batch):
-        lrs, moms         lr and momentum of the LAST parameter group (the head)
-        group_lrs, group_moms   tuples with the value of every group
+        lrs, moms         lr and momentum of the LAST layer group (the head)
+        group_lrs, group_moms   tuples with the value of every layer group (the base values:
+                          a ParamKind's optimizer groups run at these times its multiplier)
         raw_losses        the batch's loss;  losses: smoothed, avg = beta*avg + (1-beta)*loss,
                           debiased as avg / (1 - beta**count) (so the first value is the loss)
     Per epoch:
@@ -157,8 +159,8 @@ class Recorder(Callback):
         self.raw_losses.append(loss)
         self.losses.append(learn.smooth_loss)
         groups = learn.opt.param_groups
-        self.group_lrs.append(tuple(g["lr"] for g in groups))
-        self.group_moms.append(tuple(g.get("momentum", 0.0) for g in groups))
+        self.group_lrs.append(tuple(layer_group_values(groups, "lr")))
+        self.group_moms.append(tuple(layer_group_values(groups, "momentum", 0.0)))
         self.lrs.append(self.group_lrs[-1][-1])
         self.moms.append(self.group_moms[-1][-1])
         self._train_sum += loss * n
@@ -214,7 +216,9 @@ class ParamScheduler(Callback):
 
     scheds: {"lr": f, "momentum": g, ...}; each f maps pos in [0, 1] to a number (every group
     gets it), to an array with one value per group, or is a list of functions, one per group.
-    `hps` records what was set: {"lr": [[group values] per batch], ...}.
+    Groups are layer groups: each optimizer group gets its layer group's value times its
+    multiplier (optim.set_hyper; a ParamKind's lr_mult / wd_mult).
+    `hps` records what was set: {"lr": [[layer-group values] per batch], ...}.
     """
 
     order = 10
@@ -239,13 +243,13 @@ class ParamScheduler(Callback):
             return
         pos = self.learn.train_iter / self.learn.total_iters
         groups = self.learn.opt.param_groups
+        n = n_layer_groups(groups)
         for name, f in self.scheds.items():
             if isinstance(f, (list, tuple)):
-                values = _per_group(name, [fi(pos) for fi in f], len(groups))
+                values = _per_group(name, [fi(pos) for fi in f], n)
             else:
-                values = _per_group(name, f(pos), len(groups))
-            for group, v in zip(groups, values):
-                group[name] = v
+                values = _per_group(name, f(pos), n)
+            set_hyper(groups, name, values)
             self.hps[name].append(values)
 
 
@@ -276,9 +280,9 @@ class LRFinder(Callback):
         if not self.learn.training:
             return
         groups = self.learn.opt.param_groups
-        values = _per_group("lr", self.ramp(self.learn.train_iter / self.num_it), len(groups))
-        for group, lr in zip(groups, values):
-            group["lr"] = lr
+        values = _per_group("lr", self.ramp(self.learn.train_iter / self.num_it),
+                            n_layer_groups(groups))
+        set_hyper(groups, "lr", values)
 
     def after_batch(self):
         if not self.learn.training:
@@ -309,8 +313,8 @@ class TerminateOnNaN(Callback):
             learn.stop_reason = (
                 f"training stopped: the loss became {learn.loss_value} at epoch {learn.epoch} "
                 f"batch {learn.iter} (counting from 0; training iteration {learn.train_iter}, "
-                f"lr {learn.opt.param_groups[-1]['lr']:.3g}); the weights are those before "
-                f"this batch. Try a lower learning rate.")
+                f"lr {layer_group_values(learn.opt.param_groups, 'lr')[-1]:.3g}); the weights "
+                f"are those before this batch. Try a lower learning rate.")
             warnings.warn(learn.stop_reason, RuntimeWarning, stacklevel=2)
             raise CancelFit
 

@@ -170,6 +170,20 @@ def _jsonable_state(state):
     return json.loads(json.dumps(state, default=lambda v: v.tolist()))
 
 
+class _GatherLogits(Callback):
+    """The raw outputs (N, K) and targets of every validation batch: TTA averages logits."""
+
+    order = 0
+
+    def __init__(self):
+        self.logits, self.targets = [], []
+
+    def after_loss(self):
+        if not self.learn.training:
+            self.logits.append(np.array(self.learn.pred.data))
+            self.targets.append(self.learn.yb.data)
+
+
 # --- the Learner ----------------------------------------------------------------------------------
 
 class Learner:
@@ -186,13 +200,16 @@ class Learner:
     Keyword-only: lr (the default learning rate), splitter (model -> layer groups; default
     model.groups() if it has one, else one group), wd (weight decay given to opt_func),
     moms (one-cycle momentum), train_bn (batch norm of frozen groups keeps training), silent
-    (no progress output).
+    (no progress output), param_kinds (a list of optim.ParamKind: named subsets of parameters,
+    e.g. optim.bn_bias_kind(), with their own lr and weight-decay multipliers; each layer group
+    becomes one optimizer group per kind it holds, and every lr or wd set per layer group --
+    by fit, a schedule, lr_find -- reaches each of them times its multiplier).
     """
 
     def __init__(self, model, train_dl, valid_dl=None, loss_func=F.cross_entropy,
                  opt_func=optim.SGD, metrics=None, cbs=None, seed=None, *, lr=1e-3,
                  splitter=None, wd=None, moms=(0.95, 0.85, 0.95), train_bn: bool = True,
-                 silent: bool = False):
+                 silent: bool = False, param_kinds=None):
         if not isinstance(model, Module):
             raise TypeError(f"Learner: model must be a tinyconv Module, got {type(model).__name__}")
         self.model, self.train_dl, self.valid_dl = model, train_dl, valid_dl
@@ -211,6 +228,12 @@ class Learner:
         self.recorder = Recorder()
         self.add_cbs([self.recorder, TerminateOnNaN()] + ([] if given else [self.progress]) + cbs)
         self._set_layer_groups(splitter)
+        self.param_kinds = list(param_kinds or [])
+        for kind in self.param_kinds:
+            if not isinstance(kind, optim.ParamKind):
+                raise TypeError(f"Learner: param_kinds holds optim.ParamKind objects (e.g. "
+                                f"optim.bn_bias_kind()), got {type(kind).__name__}")
+        optim.kind_groups(self.model, self._group_params, self.param_kinds)   # check them now
         self.frozen_to = 0
         self.lr_finding = False
         self.stop_reason = None
@@ -314,19 +337,24 @@ class Learner:
         return len(self.layer_groups)
 
     def create_opt(self):
-        """A fresh optimizer with one parameter group per layer group (no momentum state)."""
+        """A fresh optimizer (no momentum state): one parameter group per layer group and kind
+        (optim.kind_groups), lr and weight decay times each group's multipliers."""
         lrs = sched.spread_lr(self.lr, self.n_groups)
         kwargs = {} if self.wd is None else {"weight_decay": self.wd}
-        self.opt = self.opt_func([{"params": ps} for ps in self._group_params], lr=lrs[-1],
-                                 **kwargs)
+        groups = optim.kind_groups(self.model, self._group_params, self.param_kinds)
+        self.opt = self.opt_func(groups, lr=lrs[-1], **kwargs)
         self.set_hyper("lr", lrs)
+        wd = self.wd if self.wd is not None else getattr(self.opt, "defaults", {}).get(
+            "weight_decay")
+        if wd is not None and "weight_decay" in self.opt.param_groups[0]:
+            self.set_hyper("weight_decay", wd)           # the kinds' wd_mult
 
     def set_hyper(self, name: str, value) -> None:
-        """Set a hyper-parameter of every group: a number, a list per group, or a slice."""
+        """Set a hyper-parameter per layer group (a number, a list per group, or a slice); each
+        optimizer group gets its layer group's value times its multiplier (lr_mult, wd_mult)."""
         if self.opt is None:
             self.create_opt()
-        for group, v in zip(self.opt.param_groups, sched.spread_lr(value, self.n_groups)):
-            group[name] = v
+        optim.set_hyper(self.opt.param_groups, name, sched.spread_lr(value, self.n_groups))
 
     def freeze_to(self, n: int) -> None:
         """Train only the layer groups from index n on; earlier ones are frozen (no gradients,
@@ -403,6 +431,9 @@ class Learner:
 
     def _do_epoch(self):
         self.training, self.dl = True, self.train_dl
+        set_epoch = getattr(self.train_dl, "set_epoch", None)
+        if set_epoch is not None:      # per-epoch augmentation (alternating flip) follows fit's epoch
+            set_epoch(self.epoch)
         self._set_train_mode()
         self._with_events(self._all_batches, "train", CancelTrain)
         if self.valid_dl is not None:
@@ -455,7 +486,7 @@ class Learner:
         if lr is None:
             if self.opt is None:
                 self.create_opt()
-            return np.array([g["lr"] for g in self.opt.param_groups])
+            return np.array(optim.layer_group_values(self.opt.param_groups, "lr"))
         return np.array(sched.spread_lr(lr, self.n_groups))
 
     def _fit_policy(self, policy, n_epoch, cbs, start_epoch, **kwargs):
@@ -606,22 +637,43 @@ class Learner:
                               dim=-1).data[0]
         return int(probs.argmax()), probs
 
-    def tta(self, dl=None, n: int = 4, beta: float = 0.25, transform=None, use_max: bool = False):
-        """Test-time augmentation (fastai v2): predictions on n passes over the validation images
+    def tta(self, dl=None, n: int = 4, beta: float = 0.25, transform=None, use_max: bool = False,
+            mode: str = "aug"):
+        """Test-time augmentation -> (probs (N, K), targets (N,)).
+
+        mode="aug" (fastai v2, the default): predictions on n passes over the validation images
         with the training augmentations, averaged (or maxed), blended with the plain pass:
             probs = (1 - beta) * mean(augmented probs) + beta * plain probs.
         transform: the augmentation (default: the training loader's `transform`), drawing from
         `learn.rng`. use_max: the elementwise max of all passes instead. beta=None returns
-        ((mean of augmented, plain), targets). -> (probs (N, K), targets)."""
+        ((mean of augmented, plain), targets).
+
+        mode="flip" / "shift" (airbench's tta_level 1 / 2; n, beta, transform, use_max unused):
+        the model's logits on fixed views of each image (augment.tta_views), weighted and summed,
+        then softmax. flip: the image and its mirror, 1/2 each. shift: half the flip average, a
+        quarter each of the flip averages of the image shifted one pixel down-right and up-left
+        (reflect padded): 6 passes."""
+        if mode not in augment.TTA_MODES:
+            raise ValueError(f"tta: mode must be one of {', '.join(augment.TTA_MODES)}, "
+                             f"got {mode!r}")
         dl = self._eval_dl(dl, "tta")
-        transform = getattr(self.train_dl, "transform", None) if transform is None else transform
-        if transform is None:
-            raise ValueError("tta: no augmentation: the training loader has no transform; pass "
-                             "transform=")
+        if mode == "aug":
+            transform = getattr(self.train_dl, "transform", None) if transform is None \
+                else transform
+            if transform is None:
+                raise ValueError("tta: no augmentation: the training loader has no transform; "
+                                 "pass transform=, or use mode='flip'")
         with_transform = getattr(dl, "with_transform", None)
         if with_transform is None:
             raise TypeError(f"tta: the loader ({type(dl).__name__}) has no with_transform("
                             f"transform, rng) to make an augmented copy; use a tc.data.DataLoader")
+        if mode != "aug":
+            logits, targets = 0.0, None
+            for weight, view in augment.tta_views(mode):
+                out, targets = self._logits(dl if view is None else with_transform(view))
+                logits = logits + weight * out
+            z = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return (z / z.sum(axis=1, keepdims=True)).astype(out.dtype), targets
         aug_dl = with_transform(transform, rng=self.rng)
         passes = [self.get_preds(aug_dl)[0] for _ in range(n)]
         plain, targets = self.get_preds(dl)
@@ -630,6 +682,16 @@ class Learner:
         if use_max:
             return np.maximum(np.max(passes, axis=0), plain), targets
         return augment.tta_combine(plain, passes, beta).astype(plain.dtype), targets
+
+    def _logits(self, dl):
+        """(raw outputs (N, K), targets (N,)) over dl, through the validation events (as
+        get_preds: callbacks that swap weights for evaluation apply)."""
+        gather = _GatherLogits()
+        with self.added_cbs([gather]):
+            self._do_validate(dl)
+        if not gather.logits:
+            raise ValueError("tta: the data loader gave no batches")
+        return np.concatenate(gather.logits), np.concatenate(gather.targets)
 
     # ---- files -------------------------------------------------------------------------------
     def save(self, path, with_opt: bool = True, epoch=None, **meta) -> str:

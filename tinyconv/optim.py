@@ -9,13 +9,25 @@ discriminative learning rates are simply different values in different groups.
 at the same array) and keeps its dtype. It runs on every parameter after every batch -- 6.5M
 floats for resnet9 -- so it writes through `out=` into two reused work arrays instead of building
 temporaries: each line below is one pass over memory.
+
+Parameter kinds: a ParamKind names a subset of the parameters (all batch-norm biases, say) that
+gets its own multipliers of the lr and the weight decay. The Learner splits each layer group into
+one optimizer group per kind present (the rest of the layer group first); every group carries
+"layer_group", "kind", "lr_mult" and "wd_mult", and `set_hyper` is how anything -- the Learner, a
+schedule, the LR finder -- sets a hyper-parameter: one base value per LAYER group, times each
+optimizer group's multiplier. airbench's BN biases (64x the lr, 1/64 the decay):
+
+    learn = Learner(model, dls, param_kinds=[bn_bias_kind(lr_mult=64, wd_mult=1/64)])
 """
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-__all__ = ["Optimizer", "SGD", "required"]
+__all__ = ["Optimizer", "SGD", "required", "ParamKind", "bn_bias_kind", "kind_groups",
+           "set_hyper", "layer_group_values", "n_layer_groups", "MULTIPLIERS"]
 
 
 class _Required:
@@ -144,6 +156,11 @@ class Optimizer:
                 raise ValueError(f"{name}.load_state_dict: param group {k} has "
                                  f"{len(saved['params'])} parameters in the saved state, "
                                  f"{len(group['params'])} here")
+            for key in ("layer_group", "kind"):          # same sizes, different split: refuse
+                if key in saved and key in group and saved[key] != group[key]:
+                    raise ValueError(f"{name}.load_state_dict: param group {k} has {key} "
+                                     f"{saved[key]!r} in the saved state, {group[key]!r} here "
+                                     "(build the Learner with the same param_kinds)")
         params = self._indexed_params()
         state = {}
         for key, saved_state in state_dict["state"].items():
@@ -267,3 +284,136 @@ class SGD(Optimizer):
         out = d if (d is w1 or d is w2) else w1
         np.multiply(d, lr, out=out)
         p -= out
+
+
+# --- parameter kinds: their own lr and weight-decay multipliers ------------------------------------
+
+# the hyper-parameters a kind scales, and the group key of each multiplier
+MULTIPLIERS = {"lr": "lr_mult", "weight_decay": "wd_mult"}
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    """A named subset of the parameters with its own multipliers of the lr and weight decay.
+
+    select(name, param, module) -> bool is asked about every parameter: `name` its dotted name
+    in the model ("2.norm1.bias"), `module` the module that holds it. A parameter belongs to the
+    first kind that selects it. Its optimizer group gets lr = base lr * lr_mult and
+    weight_decay = base weight decay * wd_mult, whatever sets the base (Learner.fit, a schedule,
+    lr_find). With coupled (L2, torch) weight decay the step's decay is lr * weight_decay, so
+    lr_mult=64, wd_mult=1/64 gives a 64x step and an unchanged decay (airbench's BN biases).
+    """
+
+    name: str
+    select: Callable
+    lr_mult: float = 1.0
+    wd_mult: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or self.name == "default":
+            raise ValueError(f"ParamKind: name must be a non-empty string other than 'default' "
+                             f"(the kind of everything else), got {self.name!r}")
+        if not callable(self.select):
+            raise TypeError(f"ParamKind {self.name!r}: select must be a function "
+                            f"(name, param, module) -> bool, got {type(self.select).__name__}")
+        for key, low in (("lr_mult", "> 0"), ("wd_mult", ">= 0")):
+            v = getattr(self, key)
+            ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) \
+                and math.isfinite(v) and (v > 0 if key == "lr_mult" else v >= 0)
+            if not ok:
+                raise ValueError(f"ParamKind {self.name!r}: {key} must be a finite number "
+                                 f"{low}, got {v!r}")
+
+
+def _is_bn_bias(name, param, module):
+    # a batch norm is any module keeping running statistics (as the Learner's freezing reads it)
+    return hasattr(module, "running_mean") and getattr(module, "bias", None) is param
+
+
+def bn_bias_kind(lr_mult: float = 64.0, wd_mult: float = 1 / 64) -> ParamKind:
+    """The biases of every batch-norm layer, as kind "bn_bias" (airbench: 64x lr, 1/64 decay)."""
+    return ParamKind("bn_bias", _is_bn_bias, lr_mult, wd_mult)
+
+
+def _owners(model) -> dict:
+    """id(parameter) -> (dotted name, the module holding it), first name as named_parameters."""
+    owners = {}
+    for prefix, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if _is_param(value):
+                owners.setdefault(id(value), (f"{prefix}.{attr}" if prefix else attr, module))
+    return owners
+
+
+def kind_groups(model, layer_params, kinds=()) -> list:
+    """Optimizer groups: each layer group split by kind, its "default" part first.
+
+    layer_params: one list of parameters per layer group (all of them `model`'s). Returns dicts
+    {"params", "layer_group": k, "kind", "lr_mult", "wd_mult"}; a kind's group appears only where
+    the kind has parameters (the default group always, even if empty, so every layer group has
+    one). A kind that selects nothing in the whole model is an error (a typo in select, usually).
+    """
+    kinds = list(kinds or ())
+    names = [kind.name for kind in kinds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"param_kinds: the kind names must differ, got {names}")
+    owners = _owners(model) if kinds else {}
+    groups, used = [], set()
+    for k, params in enumerate(layer_params):
+        parts = {kind.name: [] for kind in kinds}
+        rest = []
+        for p in params:
+            name, module = owners.get(id(p), ("?", None))
+            kind = next((kd for kd in kinds if kd.select(name, p, module)), None)
+            (rest if kind is None else parts[kind.name]).append(p)
+        groups.append({"params": rest, "layer_group": k, "kind": "default",
+                       "lr_mult": 1.0, "wd_mult": 1.0})
+        for kind in kinds:
+            if parts[kind.name]:
+                used.add(kind.name)
+                groups.append({"params": parts[kind.name], "layer_group": k, "kind": kind.name,
+                               "lr_mult": float(kind.lr_mult), "wd_mult": float(kind.wd_mult)})
+    unused = [n for n in names if n not in used]
+    if unused:
+        raise ValueError(f"param_kinds: {unused} select no parameter of the "
+                         f"{type(model).__name__}")
+    return groups
+
+
+def _layer_group(group, index):
+    # an optimizer built by hand has no "layer_group": each of its groups is its own layer group
+    return group.get("layer_group", index)
+
+
+def n_layer_groups(param_groups) -> int:
+    """How many layer groups the optimizer groups come from."""
+    return 1 + max(_layer_group(g, i) for i, g in enumerate(param_groups))
+
+
+def set_hyper(param_groups, name: str, values) -> None:
+    """Set hyper-parameter `name` from one base value per layer group: every optimizer group gets
+    values[its layer group] * its multiplier of `name` (lr_mult for "lr", wd_mult for
+    "weight_decay", none for the others)."""
+    mult_key = MULTIPLIERS.get(name)
+    for i, group in enumerate(param_groups):
+        v = values[_layer_group(group, i)]
+        group[name] = v * group.get(mult_key, 1.0) if mult_key else v
+
+
+def layer_group_values(param_groups, name: str, default=None) -> list:
+    """The base value of `name` of each layer group (what set_hyper was given): read from the
+    group's default-kind optimizer group, else divided out of a kind's group. `default` stands
+    in for a key a group lacks (e.g. "momentum" of a plain SGD)."""
+    mult_key = MULTIPLIERS.get(name)
+    values = []
+    for k in range(n_layer_groups(param_groups)):
+        mine = [g for i, g in enumerate(param_groups) if _layer_group(g, i) == k]
+        mults = [g.get(mult_key, 1.0) if mult_key else 1.0 for g in mine]
+        if 1.0 in mults:
+            values.append(mine[mults.index(1.0)].get(name, default))
+        elif any(mults):                       # only kinds here: undo the first kind's multiplier
+            j = next(j for j, m in enumerate(mults) if m)
+            values.append(mine[j].get(name, default) / mults[j])
+        else:                                  # every multiplier 0: any base gives 0
+            values.append(0.0)
+    return values
