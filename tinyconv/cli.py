@@ -18,11 +18,14 @@ from functools import partial
 
 import numpy as np
 
+from .cli_types import finite_float, int_at_least
+
 __all__ = ["main", "build_parser", "UsageError"]
 
 POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant")
 AUGS = ("auto", "none", "shift", "basic", "side_on", "top_down", "cifar")
 ARCHS = ("auto", "mnist_cnn", "resnet9")
+PLOT_MAX_POINTS = 1_000_000   # plot-schedule evaluates the schedule once per batch
 
 
 class UsageError(Exception):
@@ -229,7 +232,7 @@ def cmd_train(args) -> int:
     probs, targets = learn.get_preds(eval_dl)
     metrics = {f"{eval_name}_accuracy": float((probs.argmax(1) == targets).mean())}
     if args.tta:
-        tta_probs, _ = run_tta(learn, eval_dl, args.tta)
+        tta_probs, _ = learn.tta(eval_dl, mode=args.tta)
         metrics["tta"] = args.tta
         metrics[f"{eval_name}_accuracy_tta"] = float((tta_probs.argmax(1) == targets).mean())
     plot.plot_confusion_matrix(_confusion(probs.argmax(1), targets, len(ds.classes)), ds.classes,
@@ -275,37 +278,17 @@ def _choose_lr(args, learn, out) -> float:
     return lr
 
 
-TTA_MODES = ("aug", "flip", "shift")
-
-
-def run_tta(learn, dl, mode: str):
-    """Test-time augmentation -> (probs, targets).
-
-    aug: fastai's blend of 4 passes with the training augmentation and the plain pass
-    (Learner.tta). flip: the mean of each image's prediction and its mirror's. shift (airbench's):
-    half the flip prediction, plus a quarter each of the flip predictions of the image shifted one
-    pixel up-left and one pixel down-right (6 passes). On CIFAR-10, flip did as well as aug or
-    better, and shift added a little more.
-    """
-    if mode == "aug":
-        return learn.tta(dl)
-    from . import augment as A
-
-    def flip_mean(shift):
-        views = [A.Compose([A.Shift(*shift)]), A.Compose([A.Shift(*shift), A.FlipLR(1.0)])]
-        probs = [learn.get_preds(dl.with_transform(view))[0] for view in views]
-        return (probs[0] + probs[1]) / 2
-
-    plain, targets = learn.get_preds(dl)
-    flip = (plain + learn.get_preds(dl.with_transform(A.Compose([A.FlipLR(1.0)])))[0]) / 2
-    if mode == "flip":
-        return flip, targets
-    return 0.5 * flip + 0.25 * (flip_mean((-1, -1)) + flip_mean((1, 1))), targets
+TTA_MODES = A.TTA_MODES
 
 
 def sgdr_cycles(epochs: int, cycle_len: int, cycle_mult: int) -> int:
     """The most SGDR cycles that fit in `epochs` (at least one)."""
-    n, total = 0, 0
+    if cycle_len < 1 or cycle_mult < 1:   # a cycle of 0 epochs would never fill the budget
+        raise UsageError(f"sgdr: --cycle-len and --cycle-mult must be >= 1, got {cycle_len} "
+                         f"and {cycle_mult}")
+    if cycle_mult == 1:                   # closed form: a loop of --epochs steps could be endless
+        return max(epochs // cycle_len, 1)
+    n, total = 0, 0                       # cycles grow geometrically: about log2(epochs) steps
     while total + cycle_len * cycle_mult ** n <= epochs:
         total += cycle_len * cycle_mult ** n
         n += 1
@@ -445,7 +428,7 @@ def cmd_evaluate(args) -> int:
         train_like = make_loader(eval_ds, args.batch_size, augmentation(args.aug, ds.kind,
                                  eval_ds.images.shape[1]), stats, shuffle=False)
         learn.train_dl = train_like
-        probs, targets = run_tta(learn, dl, args.tta)
+        probs, targets = learn.tta(dl, mode=args.tta)
     else:
         probs, targets = learn.get_preds(dl)
     pred = probs.argmax(1)
@@ -532,6 +515,9 @@ def cmd_plot_schedule(args) -> int:
     from . import plot
     from .learner import policy_scheds
 
+    if args.epochs * args.iters > PLOT_MAX_POINTS:   # one point per batch: bound the drawing
+        raise UsageError(f"plot-schedule: --epochs {args.epochs} x --iters {args.iters} is more "
+                         f"than {PLOT_MAX_POINTS:,} batches to draw; lower --iters")
     out = _out_dir(args.out)
     lr = _positive_float("--lr", args.lr)
     kwargs = policy_kwargs(args, lr, args.iters)
@@ -608,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default: mnist_cnn on the bundled MNIST)")
     _data_args(p)
     _model_args(p)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int_at_least(1), default=8)
     p.add_argument("--lr", default="auto",
                    help="a learning rate; auto: the LR finder's lowest-loss lr; valley, slide, "
                         "minimum or steep: that LR-finder suggestion (default: %(default)s)")
@@ -616,8 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moms", type=_moms, default=None,
                    help="one_cycle momentum: start,peak,end (default 0.95,0.85,0.95) or one "
                         "constant value")
-    p.add_argument("--cycle-len", type=int, default=1, help="sgdr: epochs in the first cycle")
-    p.add_argument("--cycle-mult", type=int, default=2, help="sgdr: cycle length multiplier")
+    p.add_argument("--cycle-len", type=int_at_least(1), default=1,
+                   help="sgdr: epochs in the first cycle")
+    p.add_argument("--cycle-mult", type=int_at_least(1), default=2,
+                   help="sgdr: cycle length multiplier")
     p.add_argument("--tta", nargs="?", const="aug", choices=TTA_MODES, default=None,
                    help="also report test-time augmentation: aug (fastai's, the default), "
                         "flip (mean over the image and its mirror) or shift (flip, and flip of "
@@ -659,10 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot-schedule", help="preview a learning-rate policy (PNG + terminal)")
     p.add_argument("--policy", choices=POLICIES, default="one_cycle")
     p.add_argument("--lr", default="0.1")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--iters", type=int, default=100, help="batches per epoch")
-    p.add_argument("--cycle-len", type=int, default=1)
-    p.add_argument("--cycle-mult", type=int, default=2)
+    p.add_argument("--epochs", type=int_at_least(1), default=8)
+    p.add_argument("--iters", type=int_at_least(1), default=100, help="batches per epoch")
+    p.add_argument("--cycle-len", type=int_at_least(1), default=1)
+    p.add_argument("--cycle-mult", type=int_at_least(1), default=2)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_plot_schedule)
     return parser

@@ -21,6 +21,7 @@ The training policies:
     sgdr        cosine annealing with warm restarts (Loshchilov & Hutter), cycles x cycle_mult
     cyclic      triangular / triangular2 / exp_range cycles per iteration (Smith; torch CyclicLR)
     flat_cos    flat, then cosine annealing (fastai's fit_flat_cos)
+    airbench    linear warm-up then linear decay (Jordan's CIFAR-10 speed runs)
     lr_find_ramp  the LR finder's exponential (or linear) sweep
 
 and the pieces around them: momentum schedules that run inverse to the LR, the LR finder's
@@ -39,7 +40,7 @@ __all__ = [
     "sched_lin", "sched_cos", "sched_no", "sched_exp", "sched_poly",
     "SchedLin", "SchedCos", "SchedNo", "SchedExp", "SchedPoly",
     "combine_scheds", "combined_cos",
-    "one_cycle", "one_cycle_mom", "SGDR", "sgdr", "cyclic", "cyclic_mom", "flat_cos",
+    "one_cycle", "one_cycle_mom", "SGDR", "sgdr", "cyclic", "cyclic_mom", "flat_cos", "airbench",
     "lr_find_ramp", "lr_find_window", "valley", "slide", "minimum", "steep",
     "SuggestedLRs", "suggest_lrs", "loss_at",
     "even_mults", "spread_lr",
@@ -213,7 +214,23 @@ def flat_cos(lr, pct_start=0.75, div_final=1e5):
     return combined_cos(pct_start, lr, lr, lr / div_final)
 
 
+def airbench(lr, pct_start=0.23, start=0.2, end=0.07):
+    """Linear from lr*start up to lr over `pct_start` of training, then linear down to lr*end.
+    f(pos).
+
+    airbench94's schedule (0.2 -> 1.0 over the first 23 % of the steps, then -> 0.07): a short
+    warm-up lets batch norm and the large learning rate settle; the long linear decay does most
+    of the work, as the end of a one-cycle does.
+    """
+    _check_pct_start("airbench", pct_start)
+    return combine_scheds([pct_start, 1 - pct_start],
+                          [SchedLin(lr * start, lr), SchedLin(lr, lr * end)])
+
+
 # --- SGDR -----------------------------------------------------------------------------------------
+
+SGDR_MAX_EPOCHS = 1_000_000   # far beyond any real run; bounds the cycle table SGDR builds
+
 
 class SGDR:
     """Cosine annealing with warm restarts (Loshchilov & Hutter 2017) as f(pos) over the whole run.
@@ -237,9 +254,17 @@ class SGDR:
             raise ValueError(f"sgdr: need 0 <= eta_min <= lr_max (got eta_min={eta_min}, "
                              f"lr_max={lr_max})")
         self.lr_max, self.eta_min, self.warmup = lr_max, eta_min, warmup
-        self.cycle_lens = [int(cycle_len) * int(cycle_mult) ** i for i in range(n_cycles)]
-        # cycle_len * (mult**n - 1) / (mult - 1) in closed form; summing also covers mult == 1
-        self.cycle_ends = [sum(self.cycle_lens[:i + 1]) for i in range(n_cycles)]
+        # cycle_len * (mult**n - 1) / (mult - 1) epochs in all; summing also covers mult == 1.
+        # Every cycle lasts >= 1 epoch, so the cap bounds this loop whatever n_cycles says.
+        self.cycle_lens, self.cycle_ends, total = [], [], 0
+        for i in range(int(n_cycles)):
+            self.cycle_lens.append(int(cycle_len) * int(cycle_mult) ** i)
+            total += self.cycle_lens[-1]
+            self.cycle_ends.append(total)
+            if total > SGDR_MAX_EPOCHS:
+                raise ValueError(f"sgdr: {n_cycles} cycles of cycle_len={cycle_len} x "
+                                 f"cycle_mult={cycle_mult}**i epochs last more than "
+                                 f"{SGDR_MAX_EPOCHS:,} epochs")
         self.cycle_starts = [0] + self.cycle_ends[:-1]
         self.n_epochs = self.cycle_ends[-1]
 
