@@ -28,7 +28,8 @@ from . import models
 from .nn.module import Module, StateDictError
 
 __all__ = ["save", "load", "read_model_file", "write_model_file", "model_header",
-           "atomic_write", "ModelFileError", "HEADER_KEY", "FORMAT", "FORMAT_VERSION"]
+           "atomic_write", "string_metadata", "ModelFileError", "HEADER_KEY", "FORMAT",
+           "FORMAT_VERSION"]
 
 HEADER_KEY = "__tinyconv__"
 FORMAT = "tinyconv-model"
@@ -58,6 +59,21 @@ def _jsonable(value):
         return value.item()
     raise TypeError(f"save: metadata value of type {type(value).__name__} is not JSON-serialisable "
                     f"(use str, numbers, lists, dicts or NumPy arrays)")
+
+
+def string_metadata(model: Module, extra: dict) -> dict:
+    """What an exported file (ONNX, safetensors) records about `model`, every value a string.
+
+    `model.meta` (classes, mean, std of a loaded model) updated by `extra` (None values skipped),
+    plus "arch" and "arch_args" when the model has them; lists, numbers and dicts become JSON,
+    as both formats store only strings.
+    """
+    meta = {**getattr(model, "meta", {}), **{k: v for k, v in extra.items() if v is not None}}
+    for key, attr in (("arch", "arch_name"), ("arch_args", "arch_args")):
+        if getattr(model, attr, None) is not None:
+            meta.setdefault(key, getattr(model, attr))
+    return {k: v if isinstance(v, str) else json.dumps(v, default=_jsonable)
+            for k, v in meta.items()}
 
 
 def save(model_or_learner, path, **meta) -> str:
