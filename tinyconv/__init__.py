@@ -16,10 +16,11 @@ from . import callbacks, data, interpret, metrics, models, nn, optim, sched  # n
 from .interpret import ClassificationInterpretation  # noqa: E402
 from .learner import Learner  # noqa: E402
 from .serialize import load, save  # noqa: E402
+from .torch_weights import load_state_dict_file  # noqa: E402
 
 __version__ = "0.1.0"
 
 # tinyconv.plot, tinyconv.augment and tinyconv.cli are imported where used (plot loads matplotlib).
 __all__ = ["Function", "Tensor", "no_grad", "enable_grad", "is_grad_enabled", "nn", "models",
            "optim", "sched", "data", "callbacks", "metrics", "interpret", "Learner",
-           "ClassificationInterpretation", "save", "load", "__version__"]
+           "ClassificationInterpretation", "save", "load", "load_state_dict_file", "__version__"]
