@@ -28,6 +28,8 @@ What lives here:
     ProgressCallback  a live bar on a terminal, plain lines otherwise, one row per epoch (70)
     SaveBest, CycleSnapshots, Checkpoint, EarlyStopping    files and early stops (60, 60, 60, 80)
     GatherPreds       collects predictions for learn.get_preds (0)
+    Lookahead, EMA    weight averaging: airbench's lookahead (the net jumps to the average every
+                      k steps) and an average kept for evaluation only (30)
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from .optim import layer_group_values, n_layer_groups, set_hyper
 __all__ = ["EVENTS", "Callback", "CancelBatch", "CancelTrain", "CancelValid", "CancelEpoch",
            "CancelFit", "Recorder", "ParamScheduler", "LRFinder", "TerminateOnNaN",
            "ProgressCallback", "SaveBest", "CycleSnapshots", "Checkpoint", "EarlyStopping",
-           "GatherPreds"]
+           "GatherPreds", "Lookahead", "EMA", "lookahead_decay"]
 
 EVENTS = ("before_fit", "before_epoch", "before_train", "before_batch", "after_pred",
           "after_loss", "before_backward", "after_backward", "after_step", "after_cancel_batch",
@@ -346,6 +348,160 @@ class GatherPreds(Callback):
             raise ValueError("get_preds: the data loader gave no batches")
         out = (np.concatenate(self.probs), np.concatenate(self.targets))
         return out + (np.concatenate(self.item_losses),) if self.with_loss else out
+
+
+# --- weight averaging ----------------------------------------------------------------------------
+
+def lookahead_decay(base: float = 0.95, every: int = 5, power: float = 3.0):
+    """airbench's decay of the average as f(pos): base**every * pos**power, pos = step / total.
+
+    Near 0 early (the average follows the net: move fast), base**every at the end (average
+    strongly); base**every is `base` per step compounded over the `every` steps between updates.
+    """
+    def decay(pos):
+        return base ** every * pos ** power
+    return decay
+
+
+class Lookahead(Callback):
+    """Weight averaging as airbench does it (a lookahead with a scheduled decay), or an EMA.
+
+    Averaged: every floating-point array of the model's state, parameters AND batch-norm
+    running statistics (integer buffers such as num_batches_tracked are left alone). Every
+    `every` optimizer steps (step s = 1, 2, ... counted over the whole schedule, s % every == 0):
+
+        avg = avg + (1 - decay) * (net - avg)        (a lerp of the average toward the net)
+        net = avg                                    (copy_back: training goes on from there)
+
+    decay: a number, or f(pos) -> number with pos = s / total steps; None is airbench's
+    lookahead_decay(0.95, every, 3). The average starts as a copy of the net at the first
+    averaging step of epoch `start_epoch` (airbench: epoch 3 of 10). copy_back=True (airbench)
+    also makes the net the average at the end of every training epoch (sync_each_epoch; an update
+    with decay 1: the steps since the last update are dropped) and of the fit, so validation and
+    the final model use the average. copy_back=False (EMA): the training weights are never
+    touched; the average is swapped in for validation (and for get_preds/tta inside a fit) and
+    becomes the net at the end of the fit.
+
+    Nothing happens during lr_find. With learn.save(with_opt=True) (Checkpoint) the average is
+    saved too, and a fit resumed from such a checkpoint continues with it.
+    """
+
+    order = 30
+
+    def __init__(self, every: int = 5, decay=None, start_epoch: int = 0, copy_back: bool = True,
+                 sync_each_epoch: bool = True):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"{type(self).__name__}: every must be an int >= 1, got {every!r}")
+        if decay is None:
+            decay = lookahead_decay(0.95, every, 3.0)
+        elif not callable(decay) and not 0 <= decay <= 1:
+            raise ValueError(f"{type(self).__name__}: decay must be in [0, 1] or a function of "
+                             f"the training position, got {decay!r}")
+        self.every, self.decay, self.start_epoch = every, decay, start_epoch
+        self.copy_back, self.sync_each_epoch = copy_back, sync_each_epoch
+        self.avg = None                 # the averaged arrays, one per tensor in self._tensors
+        self._on, self._saved = False, None
+
+    # the averaged state: every float parameter and buffer, as (tensor, average) pairs
+    def _float_tensors(self):
+        model = self.learn.model
+        tensors = [t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()]
+        return [t for t in tensors if np.issubdtype(t.data.dtype, np.floating)]
+
+    def _start(self):
+        self._tensors = self._float_tensors()
+        self.avg = [t.data.copy() for t in self._tensors]
+
+    def update(self, decay: float) -> None:
+        """avg += (1 - decay) * (net - avg); then, with copy_back, net = avg (in place)."""
+        weight = 1.0 - float(decay)
+        for t, avg in zip(self._tensors, self.avg):
+            if weight != 0.0:
+                avg += weight * (t.data - avg)
+            if self.copy_back:
+                t.data[...] = avg
+
+    def _copy_avg_into_net(self):
+        for t, avg in zip(self._tensors, self.avg):
+            t.data[...] = avg
+
+    def _decay_at(self, pos):
+        return float(self.decay(pos)) if callable(self.decay) else float(self.decay)
+
+    # events
+    def before_fit(self):
+        learn = self.learn
+        self._on = not learn.lr_finding
+        self._saved = None
+        if not self._on:
+            return
+        self.avg = None
+        state = learn.cb_states.pop(type(self).__name__, None) if learn.train_iter else None
+        if state is not None:                          # resuming a checkpoint that holds it
+            self._start()
+            self.load_state_dict(state)
+
+    def after_step(self):
+        learn = self.learn
+        step = learn.train_iter + 1
+        if not self._on or learn.epoch < self.start_epoch or step % self.every:
+            return
+        if self.avg is None:
+            self._start()
+        else:
+            self.update(self._decay_at(step / learn.total_iters))
+
+    def after_train(self):
+        if self._on and self.avg is not None and self.copy_back and self.sync_each_epoch:
+            self._copy_avg_into_net()
+
+    def before_validate(self):
+        if self._on and self.avg is not None and not self.copy_back and self._saved is None:
+            self._saved = [t.data.copy() for t in self._tensors]
+            self._copy_avg_into_net()
+
+    def after_validate(self):
+        if self._saved is not None:                    # back to the training weights
+            for t, saved in zip(self._tensors, self._saved):
+                t.data[...] = saved
+            self._saved = None
+
+    def after_fit(self):
+        if self._on and self.avg is not None:
+            self._saved = None                        # a fit cancelled mid-validation
+            self._copy_avg_into_net()
+        self._on = False
+
+    # checkpoints (Learner.save / load with_opt)
+    def state_dict(self) -> dict:
+        """{"avg/<i>": array} of the running average ({} before it starts)."""
+        if not self._on or self.avg is None:
+            return {}
+        return {f"avg/{i}": a.copy() for i, a in enumerate(self.avg)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the average saved by state_dict (the model must have the same state)."""
+        if len(state) != len(self.avg):
+            raise ValueError(f"{type(self).__name__}: the checkpoint holds {len(state)} averaged "
+                             f"arrays, the model has {len(self.avg)} float arrays")
+        for i, avg in enumerate(self.avg):
+            saved = np.asarray(state[f"avg/{i}"])
+            if saved.shape != avg.shape:
+                raise ValueError(f"{type(self).__name__}: averaged array {i} has shape "
+                                 f"{saved.shape} in the checkpoint, {avg.shape} in the model")
+            avg[...] = saved
+
+
+class EMA(Lookahead):
+    """An exponential moving average of the weights for evaluation: Lookahead(copy_back=False).
+
+    Every `every` steps avg = decay * avg + (1 - decay) * net (BN statistics included); the
+    training weights are left alone; validation runs on the average, and the net becomes the
+    average at the end of the fit. decay: a number or f(pos).
+    """
+
+    def __init__(self, decay=0.999, every: int = 1, start_epoch: int = 0):
+        super().__init__(every=every, decay=decay, start_epoch=start_epoch, copy_back=False)
 
 
 # --- progress ------------------------------------------------------------------------------------

@@ -238,6 +238,7 @@ class Learner:
         self.lr_finding = False
         self.stop_reason = None
         self.checkpoint_epoch = None
+        self.cb_states = {}          # callback name -> arrays, loaded from a checkpoint (Lookahead)
         self.epoch, self.n_epoch, self.iter, self.n_iter = 0, 0, 0, 0
         self.train_iter, self.total_iters, self.training = 0, 0, False
         self.smooth_loss = math.nan
@@ -717,6 +718,13 @@ class Learner:
                     learner["opt_state"][str(i)][k] = v
             gens = self._generators()
             learner["rng"] = [_jsonable_state(g.bit_generator.state) for g in gens]
+            learner["cb_states"] = {}            # callbacks with a state to resume (Lookahead)
+            for cb in self.cbs:
+                cb_state = cb.state_dict() if callable(getattr(cb, "state_dict", None)) else {}
+                for k, v in cb_state.items():
+                    arrays[f"__cb__/{type(cb).__name__}/{k}"] = v
+                if cb_state:
+                    learner["cb_states"][type(cb).__name__] = sorted(cb_state)
         header = serialize.model_header(self.model, list(state), {**self._data_meta(), **meta})
         header["learner"] = learner
         serialize.write_model_file(path, arrays, header)
@@ -729,7 +737,8 @@ class Learner:
 
     def load(self, path, with_opt: bool = True, strict: bool = True) -> "Learner":
         """Load a file written by `save` (or tc.save). with_opt: also restore the optimizer, the
-        random state and `learn.checkpoint_epoch` (pass it as start_epoch to resume)."""
+        random state, callbacks' state (`learn.cb_states`: a Lookahead's average) and
+        `learn.checkpoint_epoch` (pass it as start_epoch to resume)."""
         path = os.fspath(path)
         state, header = serialize.read_model_file(path)
         self.model.load_state_dict(state, strict=strict)
@@ -740,6 +749,9 @@ class Learner:
                 opt_state = {i: {k: npz[v["__array__"]] if isinstance(v, dict) else v
                                  for k, v in s.items()}
                              for i, s in learner["opt_state"].items()}
+                # picked up by the callback of that name when the resumed fit starts
+                self.cb_states = {name: {k: npz[f"__cb__/{name}/{k}"] for k in keys}
+                                  for name, keys in learner.get("cb_states", {}).items()}
             if self.opt is None:
                 self.create_opt()
             self.opt.load_state_dict({"state": opt_state, "param_groups": learner["opt_groups"]})
