@@ -118,11 +118,24 @@ def test_steps_since_the_last_update_are_dropped_at_the_end_of_each_epoch():
     assert_state(ends.states[1], before.states[5])
 
 
+def test_decay_is_asked_at_step_over_total_steps():
+    seen = []
+    learn = make_learner()
+    learn.fit(2, cbs=[Lookahead(every=2, decay=lambda pos: seen.append(pos) or 0.5,
+                                total_steps=10)])
+    assert seen == [4 / 10, 6 / 10]                   # step 2 starts the average
+    seen.clear()
+    learn.fit(2, cbs=[Lookahead(every=2, decay=lambda pos: seen.append(pos) or 0.5)])
+    assert seen == [4 / 6, 6 / 6]                     # default: the fit's 6 steps
+
+
 def test_default_decay_is_airbench_schedule():
     f = lookahead_decay()
     assert f(0.5) == pytest.approx(0.95 ** 5 * 0.125, rel=1e-15)
     assert Lookahead(every=5).decay(0.8) == pytest.approx(0.95 ** 5 * 0.8 ** 3, rel=1e-15)
     assert Lookahead(every=3).decay(1.0) == pytest.approx(0.95 ** 3, rel=1e-15)
+    with pytest.raises(ValueError, match="total_steps must be an int >= 1"):
+        EMA(total_steps=0)
     with pytest.raises(ValueError, match="every must be an int >= 1"):
         Lookahead(every=0)
     with pytest.raises(ValueError, match=r"decay must be in \[0, 1\]"):
@@ -206,3 +219,33 @@ def test_resume_from_a_checkpoint_with_an_average_is_bit_identical(tmp_path, mak
     resumed.fit_one_cycle(4, 0.2, cbs=[make_avg()], start_epoch=resumed.checkpoint_epoch)
     assert resumed.cb_states == {}                     # taken by the resumed Lookahead
     assert_state(float_state(resumed), float_state(full), rtol=0)
+
+
+def test_airbench_style_setup_bn_bias_kind_lookahead_lr_find_and_resume(tmp_path):
+    """BN biases at 64x lr / 1/64 wd, Nesterov SGD with coupled decay, one-cycle, a Lookahead
+    kept on the Learner: lr_find leaves no trace, and a checkpoint resumes bit-identically."""
+    from tinyconv.optim import bn_bias_kind
+
+    def learner():
+        learn = make_learner(seed=5, wd=5e-3 / 0.2, param_kinds=[bn_bias_kind(64, 1 / 64)],
+                             cbs=[Lookahead(every=2, decay=lookahead_decay(0.9, 2, 3.0))])
+        learn.opt_func = lambda groups, **kw: SGD(groups, momentum=0.85, nesterov=True, **kw)
+        return learn
+
+    full = learner()
+    full.fit_one_cycle(4, 0.2)
+    swept = learner()
+    swept.create_opt()
+    lrs = [g["lr"] for g in swept.opt.param_groups]
+    assert lrs == [0.2, 0.2 * 64]
+    swept.lr_find(num_it=15)
+    assert [g["lr"] for g in swept.opt.param_groups] == lrs
+    swept.fit_one_cycle(4, 0.2)
+    assert_state(float_state(swept), float_state(full), rtol=0)
+    ckpt = tmp_path / "ckpt.npz"
+    interrupted = learner()
+    interrupted.fit_one_cycle(4, 0.2, cbs=[Checkpoint(ckpt), Crash()])
+    resumed = learner().load(ckpt)
+    resumed.fit_one_cycle(4, 0.2, start_epoch=resumed.checkpoint_epoch)
+    assert_state(float_state(resumed), float_state(full), rtol=0)
+    assert [g["kind"] for g in resumed.opt.param_groups] == ["default", "bn_bias"]

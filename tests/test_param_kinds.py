@@ -14,18 +14,21 @@ from tinyconv.optim import SGD, ParamKind, bn_bias_kind, kind_groups, layer_grou
 
 
 class ConvBN(nn.Module):
-    """conv 1x1 (2 -> 3) -> BN (scale pinned at 1) -> relu -> flatten -> linear 12 -> 2;
+    """linear 8 -> 3 ("conv": a 1x1 conv over a flattened 2x2x2 input, without the conv
+    kernels' compile time) -> BN (scale pinned at 1) -> relu -> linear 3 -> 2;
     layer groups [conv + bn, head]."""
 
     def __init__(self, seed=0):
         super().__init__()
         rng = np.random.default_rng(seed)
-        self.conv = nn.Conv2d(2, 3, 1, rng=rng)
+        self.conv = nn.Linear(8, 3, rng=rng)
         self.norm = nn.BatchNorm2d(3, weight=False)
-        self.head = nn.Linear(12, 2, rng=rng)
+        self.head = nn.Linear(3, 2, rng=rng)
 
     def forward(self, x):
-        return self.head(self.norm(self.conv(x)).relu().reshape(x.shape[0], -1))
+        n = x.shape[0]
+        h = self.norm(self.conv(x.reshape(n, 8)).reshape(n, 3, 1, 1)).reshape(n, 3)
+        return self.head(h.relu())
 
     def groups(self):
         return [[self.conv, self.norm], self.head]

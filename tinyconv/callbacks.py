@@ -373,8 +373,9 @@ class Lookahead(Callback):
         avg = avg + (1 - decay) * (net - avg)        (a lerp of the average toward the net)
         net = avg                                    (copy_back: training goes on from there)
 
-    decay: a number, or f(pos) -> number with pos = s / total steps; None is airbench's
-    lookahead_decay(0.95, every, 3). The average starts as a copy of the net at the first
+    decay: a number, or f(pos) -> number with pos = s / total_steps (default: the fit's
+    learn.total_iters; give it when training stops early, e.g. airbench's 9.9 epochs); None is
+    airbench's lookahead_decay(0.95, every, 3). The average starts as a copy of the net at the first
     averaging step of epoch `start_epoch` (airbench: epoch 3 of 10). copy_back=True (airbench)
     also makes the net the average at the end of every training epoch (sync_each_epoch; an update
     with decay 1: the steps since the last update are dropped) and of the fit, so validation and
@@ -389,7 +390,7 @@ class Lookahead(Callback):
     order = 30
 
     def __init__(self, every: int = 5, decay=None, start_epoch: int = 0, copy_back: bool = True,
-                 sync_each_epoch: bool = True):
+                 sync_each_epoch: bool = True, total_steps=None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"{type(self).__name__}: every must be an int >= 1, got {every!r}")
         if decay is None:
@@ -399,6 +400,11 @@ class Lookahead(Callback):
                              f"the training position, got {decay!r}")
         self.every, self.decay, self.start_epoch = every, decay, start_epoch
         self.copy_back, self.sync_each_epoch = copy_back, sync_each_epoch
+        if total_steps is not None and (isinstance(total_steps, bool) or
+                                        not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"{type(self).__name__}: total_steps must be an int >= 1 or None, "
+                             f"got {total_steps!r}")
+        self.total_steps = total_steps
         self.avg = None                 # the averaged arrays, one per tensor in self._tensors
         self._on, self._saved = False, None
 
@@ -449,7 +455,8 @@ class Lookahead(Callback):
         if self.avg is None:
             self._start()
         else:
-            self.update(self._decay_at(step / learn.total_iters))
+            total = self.total_steps or learn.total_iters
+            self.update(self._decay_at(step / total))
 
     def after_train(self):
         if self._on and self.avg is not None and self.copy_back and self.sync_each_epoch:
@@ -500,8 +507,9 @@ class EMA(Lookahead):
     average at the end of the fit. decay: a number or f(pos).
     """
 
-    def __init__(self, decay=0.999, every: int = 1, start_epoch: int = 0):
-        super().__init__(every=every, decay=decay, start_epoch=start_epoch, copy_back=False)
+    def __init__(self, decay=0.999, every: int = 1, start_epoch: int = 0, total_steps=None):
+        super().__init__(every=every, decay=decay, start_epoch=start_epoch, copy_back=False,
+                         total_steps=total_steps)
 
 
 # --- progress ------------------------------------------------------------------------------------
