@@ -541,6 +541,58 @@ def ascii_sketch(f, title: str, width: int = 60, height: int = 10) -> str:
     return "\n".join(lines)
 
 
+# ---- export --------------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    """Write a model file as ONNX (for ONNX Runtime and other runtimes) or safetensors (for
+    PyTorch's load_state_dict)."""
+    from .export_onnx import export_onnx
+    from .export_safetensors import save_safetensors
+
+    model, meta = _load_model(args.model)
+    out = args.out or os.path.splitext(args.model)[0] + "." + args.format
+    if os.path.abspath(out) == os.path.abspath(args.model):
+        raise UsageError(f"--out {out} is the model file itself; pick another name")
+    if args.format == "safetensors":
+        save_safetensors(model, out)
+        print(f"wrote {out} (safetensors: {len(model.state_dict())} tensors)")
+        return 0
+    if args.input_shape is not None:
+        shape = (1, *args.input_shape)
+    elif "image_shape" in meta:
+        shape = None                          # export_onnx takes it from model.meta
+    else:
+        raise UsageError(f"{args.model} records no image shape; pass --input-shape C,H,W")
+    try:
+        export_onnx(model, out, input_shape=shape, opset=args.opset)
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {out} (ONNX opset {args.opset}; input 'input' (batch, C, H, W) float32, "
+          f"normalised as in training; output 'output', the logits)")
+    return 0
+
+
+def _shape_arg(text: str) -> tuple:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three positive ints), got {text!r}")
+    return shape
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a model as ONNX or safetensors (PyTorch)")
+    p.add_argument("model", help="a model file (.npz) from tinyconv train or tc.save")
+    p.add_argument("--format", choices=("onnx", "safetensors"), required=True)
+    p.add_argument("--out", default=None, help="the file to write (default: MODEL with the "
+                                               "format's extension, .onnx or .safetensors)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--input-shape", type=_shape_arg, default=None, metavar="C,H,W",
+                   help="ONNX: one image's shape, when the model file does not record it")
+    p.set_defaults(func=cmd_export)
+
+
 # ---- parser --------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -653,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle-mult", type=int_at_least(1), default=2)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_plot_schedule)
+    _export_parser(sub)
     return parser
 
 
