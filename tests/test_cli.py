@@ -118,7 +118,7 @@ def test_predict_refuses_a_wrong_size_image_in_one_line(trained, tmp_path, capsy
     (["train", "--lr", "-1"], ["--lr", "positive"]),
     (["train", "--policy", "magic"], ["--policy", "magic"]),
     (["train", "--moms", "0.9,0.8"], ["--moms", "0.9,0.8"]),
-    (["train", "--arch", "resnet9", "--logit-scale", "0"], ["logit_scale", "positive"]),
+    (["train", "--arch", "resnet9", "--logit-scale", "0"], ["--logit-scale", "positive"]),
     (["train", "--whiten"], ["--whiten", "C_out must be even and at most 2 * 9", "(32, 1, 3, 3)"]),
     (["train", "--ghost-bn", "1"], ["--ghost-bn", "at least 2", "got 1"]),
     (["train", "--ghost-bn", "0"], ["--ghost-bn", "at least 2", "got 0"]),

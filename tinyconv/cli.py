@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+import warnings
 from functools import partial
 
 import numpy as np
@@ -222,7 +224,13 @@ def cmd_train(args) -> int:
     model, stats = learn.model, (learn.train_dl.mean, learn.train_dl.std)
     image_shape = ds.train.images.shape[1:]
     lr = _choose_lr(args, learn, out)
-    _fit(args, learn, lr)
+    save_model = partial(tc.save, model, os.path.join(out, "model.npz"), classes=ds.classes,
+                         mean=list(stats[0]), std=list(stats[1]), image_shape=list(image_shape))
+    with warnings.catch_warnings():   # a divergence is reported below, as one line
+        warnings.filterwarnings("ignore", message="training stopped: the loss became")
+        _fit(args, learn, lr)
+    if _diverged(learn):
+        return _fail_diverged(args, learn, out, save_model, started, lr)
     learn.recorder.plot_loss(path=os.path.join(out, "losses.png"))
     learn.recorder.plot_sched(path=os.path.join(out, "schedule.png"))
 
@@ -237,9 +245,7 @@ def cmd_train(args) -> int:
         metrics[f"{eval_name}_accuracy_tta"] = float((tta_probs.argmax(1) == targets).mean())
     plot.plot_confusion_matrix(_confusion(probs.argmax(1), targets, len(ds.classes)), ds.classes,
                                path=os.path.join(out, "confusion.png"))
-    model_path = tc.save(model, os.path.join(out, "model.npz"), classes=ds.classes,
-                         mean=list(stats[0]), std=list(stats[1]),
-                         image_shape=list(image_shape))
+    model_path = save_model()
     metrics.update(seconds=round(time.time() - started, 1), lr=lr, epochs=args.epochs,
                    policy=args.policy, arch=arch, data=args.data, model=model_path,
                    options={k: v for k, v in vars(args).items() if k != "func"})  # to reproduce
@@ -249,6 +255,39 @@ def cmd_train(args) -> int:
             print(f"{key}: {value:.4f}")
     print(f"wrote {out}/ ({', '.join(sorted(os.listdir(out)))}) in {metrics['seconds']:.0f} s")
     return 0
+
+
+def _weights_finite(model) -> bool:
+    return all(np.isfinite(a).all() for a in model.state_dict().values())
+
+
+def _diverged(learn) -> bool:
+    """Training stopped on a non-finite loss (TerminateOnNaN), or left non-finite weights."""
+    loss = learn.loss_value
+    stopped_on_nan = learn.stop_reason is not None and loss is not None and \
+        not math.isfinite(loss)
+    return stopped_on_nan or not _weights_finite(learn.model)
+
+
+def _fail_diverged(args, learn, out, save_model, started, lr) -> int:
+    """A diverged run is a failure: metrics.json records the stop, exit code 1, one line.
+
+    The model is written only if its weights are all finite (TerminateOnNaN stops before the bad
+    batch's step, so they are those of the last good batch); never a model of NaNs.
+    """
+    reason = learn.stop_reason or (f"training stopped: the weights became non-finite by epoch "
+                                   f"{learn.epoch} batch {learn.iter}. Try a lower learning rate.")
+    kept = _weights_finite(learn.model)
+    metrics = {"stopped": reason, "diverged": True, "epoch": learn.epoch, "batch": learn.iter,
+               "seconds": round(time.time() - started, 1), "lr": lr, "epochs": args.epochs,
+               "policy": args.policy, "data": args.data,
+               "model": save_model() if kept else None,
+               "options": {k: v for k, v in vars(args).items() if k != "func"}}
+    _write_json(os.path.join(out, "metrics.json"), metrics)
+    where = (f"the last finite weights are in {metrics['model']}" if kept
+             else "no model written (its weights are not finite)")
+    print(f"tinyconv: error: {reason} ({where}; see {out}/metrics.json)", file=sys.stderr)
+    return 1
 
 
 LR_PICKS = ("auto", "valley", "slide", "minimum", "steep")
@@ -366,9 +405,20 @@ def _positive_float(name: str, text) -> float:
         value = float(text)
     except ValueError:
         raise UsageError(f"{name}: expected a number, got {text!r}") from None
-    if not value > 0:
-        raise UsageError(f"{name}: must be positive, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{name}: must be a positive finite number, got {text}")
     return value
+
+
+def _lr_arg(text: str):
+    """--lr: one of LR_PICKS, or a positive finite number (checked while parsing)."""
+    if text in LR_PICKS:
+        return text
+    try:
+        return _positive_float("--lr", text)
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LR_PICKS)} or a positive "
+                                         f"finite number, got {text!r}") from None
 
 
 def _moms(text: str) -> tuple:
@@ -615,7 +665,7 @@ def _model_args(p):
     p.add_argument("--arch", choices=ARCHS, default="auto",
                    help="auto: mnist_cnn for 28x28 grey images, else resnet9")
     p.add_argument("--width", type=int, default=64, help="resnet9 width (32 = half)")
-    p.add_argument("--logit-scale", type=float, default=0.125,
+    p.add_argument("--logit-scale", type=finite_float(0, low_open=True), default=0.125,
                    help="resnet9: multiply the logits by this, as Page's ResNet-9 does "
                         "(default: %(default)s; 1 is the plain graph of REFERENCE.md)")
     p.add_argument("--whiten", action="store_true",
@@ -628,11 +678,11 @@ def _model_args(p):
     p.add_argument("--cutout", type=int, default=None, metavar="SIZE",
                    help="also cut out one SIZE x SIZE square per training image, filled with "
                         "the mean colour (DeVries & Taylor; Page uses 8 on CIFAR-10)")
-    p.add_argument("--valid-pct", type=float, default=0.0,
+    p.add_argument("--valid-pct", type=finite_float(0, 1, high_open=True), default=0.0,
                    help="hold out this fraction of train for validation (default: use the "
                         "dataset's test split, or 0.2 of an image folder)")
-    p.add_argument("--wd", type=float, default=5e-4, help="weight decay")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--wd", type=finite_float(0), default=5e-4, help="weight decay")
+    p.add_argument("--label-smoothing", type=finite_float(0, 1, high_open=True), default=0.0)
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false")
     p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -647,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     _model_args(p)
     p.add_argument("--epochs", type=int_at_least(1), default=8)
-    p.add_argument("--lr", default="auto",
+    p.add_argument("--lr", type=_lr_arg, default="auto",
                    help="a learning rate; auto: the LR finder's lowest-loss lr; valley, slide, "
                         "minimum or steep: that LR-finder suggestion (default: %(default)s)")
     p.add_argument("--policy", choices=POLICIES, default="one_cycle")
@@ -667,8 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lr-find", help="run the LR finder and plot loss against lr")
     _data_args(p)
     _model_args(p)
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--start-lr", type=finite_float(0, low_open=True), default=1e-7)
+    p.add_argument("--end-lr", type=finite_float(0, low_open=True), default=10.0)
     p.add_argument("--num-it", type=int, default=100)
     p.set_defaults(func=cmd_lr_find)
 
@@ -698,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot-schedule", help="preview a learning-rate policy (PNG + terminal)")
     p.add_argument("--policy", choices=POLICIES, default="one_cycle")
-    p.add_argument("--lr", default="0.1")
+    p.add_argument("--lr", type=partial(_positive_float, "--lr"), default="0.1")
     p.add_argument("--epochs", type=int_at_least(1), default=8)
     p.add_argument("--iters", type=int_at_least(1), default=100, help="batches per epoch")
     p.add_argument("--cycle-len", type=int_at_least(1), default=1)

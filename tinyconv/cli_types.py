@@ -36,6 +36,8 @@ def finite_float(low=None, high=None, low_open=False, high_open=False):
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
     where = f"in {left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    if high is None and low == 0:
+        where = "positive" if low_open else "zero or positive"
 
     def parse(text):
         try:
