@@ -13,14 +13,18 @@ from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .tensor import Tensor
 
 from . import callbacks, data, interpret, metrics, models, nn, optim, sched  # noqa: E402
+from . import recipes  # noqa: E402
 from .interpret import ClassificationInterpretation  # noqa: E402
 from .learner import Learner  # noqa: E402
 from .serialize import load, save  # noqa: E402
+from .export_onnx import export_onnx  # noqa: E402  (onnx itself is imported when called)
+from .export_safetensors import save_safetensors  # noqa: E402
 from .torch_weights import load_state_dict_file  # noqa: E402
 
 __version__ = "0.1.0"
 
 # tinyconv.plot, tinyconv.augment and tinyconv.cli are imported where used (plot loads matplotlib).
 __all__ = ["Function", "Tensor", "no_grad", "enable_grad", "is_grad_enabled", "nn", "models",
-           "optim", "sched", "data", "callbacks", "metrics", "interpret", "Learner",
-           "ClassificationInterpretation", "save", "load", "load_state_dict_file", "__version__"]
+           "optim", "sched", "data", "callbacks", "metrics", "interpret", "recipes", "Learner",
+           "ClassificationInterpretation", "save", "load", "load_state_dict_file",
+           "export_onnx", "save_safetensors", "__version__"]

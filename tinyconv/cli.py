@@ -21,6 +21,7 @@ from functools import partial
 import numpy as np
 
 from .cli_types import finite_float, int_at_least
+from .augment import TTA_MODES
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -315,9 +316,6 @@ def _choose_lr(args, learn, out) -> float:
     _say(args, "lr_find: " + ", ".join(f"{k} {v:.2e}" for k, v in suggestions._asdict().items())
          + f" -> lr {lr:.2e} ({'lowest loss' if args.lr == 'auto' else args.lr})")
     return lr
-
-
-TTA_MODES = A.TTA_MODES
 
 
 def sgdr_cycles(epochs: int, cycle_len: int, cycle_mult: int) -> int:

@@ -43,7 +43,7 @@ from .tensor import Tensor
 
 __all__ = ["Learner", "policy_scheds", "POLICIES"]
 
-POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant")
+POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant", "airbench")
 
 
 # --- training policies as schedules ---------------------------------------------------------------
@@ -68,6 +68,7 @@ def policy_scheds(policy: str, n_epoch: int = 1, n_iter: int = 100, **kwargs):
                     base_momentum=0.8, max_momentum=0.9
         flat_cos    lr, pct_start=0.75, div_final=1e5
         constant    lr
+        airbench    lr, pct_start=0.23, start=0.2, end=0.07 (momentum left as it is)
     """
     if policy == "one_cycle":
         pct_start = kwargs.get("pct_start", 0.25)
@@ -93,6 +94,9 @@ def policy_scheds(policy: str, n_epoch: int = 1, n_iter: int = 100, **kwargs):
     if policy == "flat_cos":
         return {"lr": sched.flat_cos(kwargs["lr"], kwargs.get("pct_start", 0.75),
                                      kwargs.get("div_final", 1e5))}, n_epoch
+    if policy == "airbench":
+        return {"lr": sched.airbench(kwargs["lr"], kwargs.get("pct_start", 0.23),
+                                     kwargs.get("start", 0.2), kwargs.get("end", 0.07))}, n_epoch
     if policy == "constant":
         return {"lr": sched.SchedNo(kwargs["lr"])}, n_epoch
     raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -536,6 +540,30 @@ class Learner:
         self._fit_policy("flat_cos", n_epoch, cbs, start_epoch, lr=self._lrs(lr),
                          div_final=div_final, pct_start=pct_start)
 
+    def fit_airbench(self, n_epoch: int, lr=None, pct_start: float = 0.23, start: float = 0.2,
+                     end: float = 0.07, cbs=None, start_epoch: int = 0):
+        """airbench94's schedule: lr linear from lr*start to lr over pct_start of training,
+        then linear to lr*end (sched.airbench)."""
+        self._fit_policy("airbench", n_epoch, cbs, start_epoch, lr=self._lrs(lr),
+                         pct_start=pct_start, start=start, end=end)
+
+    def fit_policy(self, name: str, n_epoch: int, lr=None, **kwargs):
+        """Train with the policy called `name` (one of POLICIES): the method fit_<name> (or fit
+        for "constant"), e.g. fit_policy("one_cycle", 5, 0.1, pct_start=0.3). For "sgdr",
+        n_epoch is the number of cycles; kwargs are those of the method."""
+        if name not in POLICIES:
+            raise ValueError(f"fit_policy: unknown policy {name!r}; known: {', '.join(POLICIES)}")
+        if name == "constant":
+            return self.fit(n_epoch, lr, **kwargs)
+        if name == "sgdr":
+            return self.fit_sgdr(n_epoch, kwargs.pop("cycle_len", 1), lr, **kwargs)
+        if name == "cyclic":
+            if lr is not None:
+                kwargs.setdefault("max_lr", lr)
+            return self.fit_cyclic(n_epoch, **kwargs)
+        lr_name = "lr_max" if name == "one_cycle" else "lr"
+        return getattr(self, f"fit_{name}")(n_epoch, **{lr_name: lr}, **kwargs)
+
     # ---- LR finder -----------------------------------------------------------------------------
     def _generators(self) -> list:
         """The random generators a run draws from: the learner's, the model's (dropout), the
@@ -658,6 +686,9 @@ class Learner:
             raise ValueError(f"tta: mode must be one of {', '.join(augment.TTA_MODES)}, "
                              f"got {mode!r}")
         dl = self._eval_dl(dl, "tta")
+        if getattr(dl, "shuffle", False):
+            raise ValueError("tta: the loader shuffles, so its passes would not line up image by "
+                             "image; use a loader with shuffle=False (e.g. the validation one)")
         if mode == "aug":
             transform = getattr(self.train_dl, "transform", None) if transform is None \
                 else transform

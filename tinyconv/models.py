@@ -3,6 +3,7 @@
     mnist_cnn(num_classes=10)              1x28x28 -> num_classes     421,738 parameters
     resnet9(num_classes=10, width=64)      3x32x32 -> num_classes   6,573,120 parameters
     resnet9(width=32)  ("resnet9_half")                             1,646,112 parameters
+    airbench94(num_classes=10)             3x32x32 -> num_classes   1,972,792 parameters
 
 Each net is a Sequential, so its state_dict keys are those of the same net written with torch's
 nn.Sequential ("0.0.weight" is the first conv, "3.res1.1.running_mean" a BatchNorm buffer inside
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 from .nn.layers import Flatten, Linear, MaxPool2d, ReLU, Residual, Scale, conv_bn
 from .nn.module import Module, Sequential
+from .airbench import airbench94  # Jordan's CIFAR-10 speed-run net (airbench.py)
 from .resnets import resnet18, resnet34, resnet50  # torchvision's ResNets (resnets.py)
+from .transfer_net import transfer_net  # a ResNet body + fastai's head (vision_learner)
 
-__all__ = ["MnistCNN", "ResNet9", "mnist_cnn", "resnet9", "ARCHITECTURES", "build",
+__all__ = ["MnistCNN", "ResNet9", "mnist_cnn", "resnet9", "ARCHITECTURES", "build", "airbench94",
            "resnet18", "resnet34", "resnet50"]
 
 
@@ -84,7 +87,8 @@ def resnet9(num_classes: int = 10, width: int = 64, logit_scale: float = 1.0, rn
 
 
 ARCHITECTURES = {"mnist_cnn": mnist_cnn, "resnet9": resnet9}
-ARCHITECTURES.update(resnet18=resnet18, resnet34=resnet34, resnet50=resnet50)
+ARCHITECTURES.update(airbench94=airbench94, resnet18=resnet18, resnet34=resnet34, resnet50=resnet50)
+ARCHITECTURES.update(transfer_net=transfer_net)   # what tc.load rebuilds a vision_learner's net with
 
 
 def build(arch_name: str, **arch_args) -> Module:

@@ -245,11 +245,13 @@ def loaders(train_ds, valid_ds, batch_size=64, transform=None, seed=0, valid_bat
     normalised with the TRAINING statistics (computed from train_ds unless given).
 
     The training loader drops a final partial batch (a batch of one breaks BatchNorm) unless the
-    dataset is no bigger than one batch.
+    dataset is no bigger than one batch. valid_ds None: valid_dl is None (train on everything).
     """
     train_dl = DataLoader(train_ds, batch_size, shuffle=True,
                           drop_last=len(train_ds) > batch_size, transform=transform,
                           rng=np.random.default_rng(seed), mean=mean, std=std, prefetch=prefetch)
+    if valid_ds is None:
+        return train_dl, None
     valid_dl = DataLoader(valid_ds, valid_batch_size or batch_size, shuffle=False,
                           rng=np.random.default_rng([seed, 1]), mean=train_dl.mean,
                           std=train_dl.std, prefetch=prefetch)
