@@ -11,8 +11,8 @@ import pytest
 
 import tinyconv as tc
 from tinyconv import nn
-from tinyconv.export_onnx import OnnxExportError, export_onnx
-from tinyconv.export_safetensors import save_safetensors
+from tinyconv.onnx_export import OnnxExportError, export_onnx
+from tinyconv.safetensors_export import save_safetensors
 
 try:
     import onnx

@@ -17,8 +17,8 @@ from . import recipes  # noqa: E402
 from .interpret import ClassificationInterpretation  # noqa: E402
 from .learner import Learner  # noqa: E402
 from .serialize import load, save  # noqa: E402
-from .export_onnx import export_onnx  # noqa: E402  (onnx itself is imported when called)
-from .export_safetensors import save_safetensors  # noqa: E402
+from .onnx_export import export_onnx  # noqa: E402  (onnx itself is imported when called)
+from .safetensors_export import save_safetensors  # noqa: E402
 from .torch_weights import load_state_dict_file  # noqa: E402
 
 __version__ = "0.1.0"

@@ -593,8 +593,8 @@ def ascii_sketch(f, title: str, width: int = 60, height: int = 10) -> str:
 def cmd_export(args) -> int:
     """Write a model file as ONNX (for ONNX Runtime and other runtimes) or safetensors (for
     PyTorch's load_state_dict)."""
-    from .export_onnx import export_onnx
-    from .export_safetensors import save_safetensors
+    from .onnx_export import export_onnx
+    from .safetensors_export import save_safetensors
 
     model, meta = _load_model(args.model)
     out = args.out or os.path.splitext(args.model)[0] + "." + args.format
