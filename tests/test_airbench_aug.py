@@ -156,3 +156,29 @@ def test_airbench_preset():
     assert len(A.airbench_transforms(flip=None)) == 1
     with pytest.raises(ValueError, match="flip must be"):
         A.airbench_transforms(flip="sometimes")
+
+
+def test_learner_tells_the_loader_the_epoch_so_a_resumed_fit_continues_the_pattern():
+    from tinyconv import nn
+    from tinyconv.callbacks import Callback
+    from tinyconv.learner import Learner
+
+    class Seen(Callback):
+        def after_epoch(self):
+            seen.append(self.learn.train_dl.last_epoch)
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4 * 5 * 3, 3, rng=np.random.default_rng(0))
+
+        def forward(self, x):
+            return self.lin(x.reshape(x.shape[0], -1))
+
+    seen = []
+    dl = flip_loader(distinct_dataset())
+    learn = Learner(Flat(), dl, None, silent=True, seed=0, cbs=[Seen()])
+    learn.fit(4, 0.01, start_epoch=2)
+    assert seen == [2, 3]
+    learn.fit(2, 0.01)
+    assert seen == [2, 3, 0, 1]

@@ -64,10 +64,10 @@ def test_evaluate_flip_tta_averages_each_image_with_its_mirror(trained, capsys):
     x = ((test.images.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
     with tc.no_grad():
         model.eval()
-        probs = sum(model(tc.Tensor(np.ascontiguousarray(v))).softmax(1).data
-                    for v in (x, x[..., ::-1]))
+        logits = sum(model(tc.Tensor(np.ascontiguousarray(v))).data     # airbench: logits
+                     for v in (x, x[..., ::-1]))
     assert result["tta"] == "flip"
-    assert result["accuracy"] == pytest.approx((probs.argmax(1) == test.labels).mean(), abs=2e-4)
+    assert result["accuracy"] == pytest.approx((logits.argmax(1) == test.labels).mean(), abs=2e-4)
 
 
 def test_evaluate_shift_tta_weights_flip_and_shifted_flips(trained, capsys):
@@ -80,18 +80,18 @@ def test_evaluate_shift_tta_weights_flip_and_shifted_flips(trained, capsys):
     test = tc.data.MNIST(train=False)
     mean, std = model.meta["mean"], model.meta["std"]
 
-    def flip_probs(dx, dy):
+    def flip_logits(dx, dy):
         shifted = A.Compose([A.Shift(dx, dy)])(test.images, np.random.default_rng(0))
         x = A.normalize(shifted, mean, std)
         with tc.no_grad():
             model.eval()
-            return sum(model(tc.Tensor(np.ascontiguousarray(v))).softmax(1).data
+            return sum(model(tc.Tensor(np.ascontiguousarray(v))).data      # airbench: logits
                        for v in (x, x[..., ::-1])) / 2
 
-    probs = 0.5 * flip_probs(0, 0) + 0.25 * (flip_probs(-1, -1) + flip_probs(1, 1))
+    logits = 0.5 * flip_logits(0, 0) + 0.25 * (flip_logits(-1, -1) + flip_logits(1, 1))
     result = json.loads(out)
     assert result["tta"] == "shift"
-    assert result["accuracy"] == pytest.approx((probs.argmax(1) == test.labels).mean(), abs=2e-4)
+    assert result["accuracy"] == pytest.approx((logits.argmax(1) == test.labels).mean(), abs=2e-4)
 
 
 def test_predict_prints_top_k(trained, tmp_path, capsys):

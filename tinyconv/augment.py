@@ -38,9 +38,11 @@ from tinyconv import augment_kernels as K
 
 __all__ = [
     "Transform", "Compose", "Draws", "BatchInfo",
-    "FlipLR", "FlipUD", "AlternatingFlip", "Dihedral", "Rot90", "Rotate", "Zoom", "Translate", "Shift", "Warp",
+    "FlipLR", "FlipUD", "AlternatingFlip", "Dihedral", "Rot90", "Rotate", "Zoom", "Translate",
+    "Shift", "Warp",
     "RandomCrop", "RandomResizedCrop", "Resize", "Lighting", "Brightness", "Contrast", "Cutout",
-    "flip_lr", "flip_ud", "alternating_flip", "dihedral", "rot90", "rotate", "zoom", "translate", "warp",
+    "flip_lr", "flip_ud", "alternating_flip", "dihedral", "rot90", "rotate", "zoom", "translate",
+    "warp",
     "random_crop", "random_resized_crop", "resize", "lighting", "brightness", "contrast", "cutout",
     "transforms_basic", "transforms_side_on", "transforms_top_down", "aug_transforms",
     "cifar_transforms", "airbench_transforms", "CIFAR10_MEAN", "CIFAR10_STD",

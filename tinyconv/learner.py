@@ -437,7 +437,7 @@ class Learner:
     def _do_epoch(self):
         self.training, self.dl = True, self.train_dl
         set_epoch = getattr(self.train_dl, "set_epoch", None)
-        if set_epoch is not None:      # per-epoch augmentation (alternating flip) follows fit's epoch
+        if set_epoch is not None:      # per-epoch augmentation (alternating flip) follows fit
             set_epoch(self.epoch)
         self._set_train_mode()
         self._with_events(self._all_batches, "train", CancelTrain)
