@@ -40,7 +40,8 @@ ZOO = {"mnist_cnn": ({}, (1, 28, 28)),
        "airbench94": ({"widths": (16, 32, 32)}, (3, 32, 32)),
        "resnet18": ({"num_classes": 10}, (3, 32, 32)),
        "resnet34": ({"num_classes": 10}, (3, 32, 32)),
-       "resnet50": ({"num_classes": 10}, (3, 32, 32))}
+       "resnet50": ({"num_classes": 10}, (3, 32, 32)),
+       "transfer_net": ({"arch": "resnet18", "n_out": 3}, (3, 32, 32))}
 
 
 # resnet34 repeats resnet18's blocks, only more of them: in the slow set
@@ -149,6 +150,19 @@ def test_onnx_adaptive_pools_match_tinyconv(pool, output_size, rng, tmp_path):
     x = rng.standard_normal((2, 3, 7 if output_size == (3, 3) else 6, 8)).astype(np.float32)
     path = export_onnx(net, tmp_path / "pool.onnx", input_shape=(1,) + x.shape[1:])
     np.testing.assert_allclose(_onnx_out(path, x), _tinyconv_out(net, x), rtol=1e-6, atol=1e-6)
+
+
+@needs_onnx
+@pytest.mark.parametrize("shape", [(5,), (5, 4)])
+def test_onnx_batch_norm_1d_matches_tinyconv(shape, rng, tmp_path):
+    bn = nn.BatchNorm1d(5, eps=1e-3)
+    bn.running_mean.data[:] = rng.normal(0, 1, 5)
+    bn.running_var.data[:] = rng.uniform(0.5, 2.0, 5)
+    bn.bias.data[:] = rng.normal(0, 1, 5)
+    net = nn.Sequential(bn).eval()
+    path = export_onnx(net, tmp_path / "bn.onnx", input_shape=(1, *shape))
+    x = rng.standard_normal((3, *shape)).astype(np.float32)
+    np.testing.assert_allclose(_onnx_out(path, x), _tinyconv_out(net, x), rtol=1e-5, atol=1e-6)
 
 
 @needs_onnx

@@ -12,7 +12,7 @@ The graph is the evaluation form of the net, whatever mode the model is in: batc
 running statistics, dropout is the identity. Layer by layer:
 
     Conv2d              Conv (strides, pads, dilations, group)
-    BatchNorm2d         BatchNormalization (inference form; affine=False: scale 1, shift 0)
+    BatchNorm2d/1d      BatchNormalization (inference form; affine=False: scale 1, shift 0)
     ReLU, LeakyReLU     Relu, LeakyRelu
     GELU                Gelu from opset 20; before that its formula, 0.5 x (1 + erf(x / sqrt 2))
     MaxPool2d/AvgPool2d MaxPool / AveragePool (zero padding counted in the mean, as torch)
@@ -22,6 +22,9 @@ running statistics, dropout is the identity. Layer by layer:
     Linear              Gemm (2-D input), else MatMul + Add
     Scale               Mul by a constant          Residual   x + res2(res1(x)): an Add
     Dropout             nothing                    Sequential its children, in order
+    AdaptiveConcatPool2d  both adaptive pools and a Concat (fastai's head, nn/head.py)
+    ResNet, BasicBlock, Bottleneck (resnets.py), ConvGroup (airbench.py): their forward, spelt
+                        out with the converters above
 
 Tensors are float32. The batch dimension is dynamic (named "batch"); the other input dimensions are
 fixed by `input_shape`. Weights are initializers named by their state_dict keys ("0.0.weight").
@@ -38,6 +41,7 @@ import numpy as np
 
 from . import resnets
 from .nn import layers as L
+from .nn.head import AdaptiveConcatPool2d, BatchNorm1d
 from .nn.layers import _pair
 from .nn.module import Module, Sequential
 from .ops.pool import _windows
@@ -142,7 +146,12 @@ def _conv2d(g: _Graph, m: L.Conv2d, path: str, x: _Value) -> _Value:
 
 
 def _batch_norm(g: _Graph, m: L.BatchNorm2d, path: str, x: _Value) -> _Value:
-    _check_rank(path, m, x, 4)
+    """BatchNorm2d (N, C, H, W) and BatchNorm1d (N, C) or (N, C, L): one ONNX op for all."""
+    if isinstance(m, BatchNorm1d):
+        if len(x.shape) not in (2, 3):
+            _fail(path, m, f"expected a 2-D or 3-D input, got shape {_shape_str(x.shape)}")
+    else:
+        _check_rank(path, m, x, 4)
     if x.shape[1] != m.num_features:
         _fail(path, m, f"normalises {m.num_features} channels, gets {_shape_str(x.shape)}")
     if m.weight is not None:
@@ -204,10 +213,22 @@ def _pool(g: _Graph, m: L.MaxPool2d, path: str, x: _Value) -> _Value:
 
 
 def _adaptive_pool(g: _Graph, m: L.AdaptiveAvgPool2d, path: str, x: _Value) -> _Value:
+    return _adaptive(g, m, path, x, mean=not isinstance(m, L.AdaptiveMaxPool2d))
+
+
+def _concat_pool(g: _Graph, m: Module, path: str, x: _Value) -> _Value:
+    """fastai's AdaptiveConcatPool2d: [max pool, average pool] joined along the channels."""
+    a = _adaptive(g, m, f"{path}.max", x, mean=False)
+    b = _adaptive(g, m, f"{path}.avg", x, mean=True)
+    return _Value(g.node("Concat", [a.name, b.name], path, axis=1),
+                  (x.shape[0], 2 * x.shape[1]) + a.shape[2:])
+
+
+def _adaptive(g: _Graph, m: Module, path: str, x: _Value, mean: bool) -> _Value:
+    """Adaptive mean (or max) pooling of `x` to `m.output_size`."""
     _check_rank(path, m, x, 4)
     items = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * 2
     size = tuple(x.shape[2 + i] if s is None else int(s) for i, s in enumerate(items))
-    mean = not isinstance(m, L.AdaptiveMaxPool2d)
     pool = "AveragePool" if mean else "MaxPool"
     H, W = x.shape[2:]
     out_shape = x.shape[:2] + size
@@ -324,7 +345,8 @@ CONVERTERS = {L.Conv2d: _conv2d, L.BatchNorm2d: _batch_norm, L.ReLU: _relu,
               L.AdaptiveMaxPool2d: _adaptive_pool, L.Flatten: _flatten, L.Linear: _linear,
               L.Scale: _scale, L.Dropout: _identity, L.Residual: _residual,
               Sequential: _sequential, resnets.BasicBlock: _resnet_block,
-              resnets.Bottleneck: _resnet_block, resnets.ResNet: _resnet}
+              resnets.Bottleneck: _resnet_block, resnets.ResNet: _resnet,
+              BatchNorm1d: _batch_norm, AdaptiveConcatPool2d: _concat_pool}
 if airbench is not None:
     CONVERTERS[airbench.ConvGroup] = _conv_group
 # layers that other work adds to nn (exported as soon as they exist)
