@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from tinyconv import augment as A
-from tinyconv.data import ArrayDataset, DataLoader
+from tinyconv import nn
+from tinyconv.callbacks import CancelFit, Callback, Checkpoint
+from tinyconv.data import ArrayDataset, DataLoader, loaders
+from tinyconv.learner import Learner
 
 
 def distinct_dataset(n=30, h=4, w=5, seed=0):
@@ -158,22 +161,23 @@ def test_airbench_preset():
         A.airbench_transforms(flip="sometimes")
 
 
-def test_learner_tells_the_loader_the_epoch_so_a_resumed_fit_continues_the_pattern():
-    from tinyconv import nn
-    from tinyconv.callbacks import Callback
-    from tinyconv.learner import Learner
+# --- through the Learner ---------------------------------------------------------------------------
 
+class Flat(nn.Module):
+    """A linear classifier of the whole (3, 4, 5) picture: a flip changes its outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4 * 5 * 3, 3, rng=np.random.default_rng(0))
+
+    def forward(self, x):
+        return self.lin(x.reshape(x.shape[0], -1))
+
+
+def test_learner_tells_the_loader_the_epoch_so_a_resumed_fit_continues_the_pattern():
     class Seen(Callback):
         def after_epoch(self):
             seen.append(self.learn.train_dl.last_epoch)
-
-    class Flat(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(4 * 5 * 3, 3, rng=np.random.default_rng(0))
-
-        def forward(self, x):
-            return self.lin(x.reshape(x.shape[0], -1))
 
     seen = []
     dl = flip_loader(distinct_dataset())
@@ -182,3 +186,28 @@ def test_learner_tells_the_loader_the_epoch_so_a_resumed_fit_continues_the_patte
     assert seen == [2, 3]
     learn.fit(2, 0.01)
     assert seen == [2, 3, 0, 1]
+
+
+def test_checkpoint_resume_with_airbench_augmentation_is_bit_identical(tmp_path):
+    """Interrupted after epoch 0, reloaded into a fresh Learner, resumed at epoch 1 (odd: the
+    mirrored one): the same weights as the uninterrupted run, so the same flips and crops."""
+    def learner():
+        train_dl, valid_dl = loaders(distinct_dataset(n=40), distinct_dataset(n=9, seed=1),
+                                     batch_size=8, transform=A.airbench_transforms(), seed=3)
+        return Learner(Flat(), train_dl, valid_dl, silent=True, seed=3)
+
+    class Crash(Callback):
+        order = 65
+
+        def after_epoch(self):
+            if self.learn.epoch == 0:
+                raise CancelFit
+
+    full = learner()
+    full.fit_one_cycle(4, 0.1)
+    learner().fit_one_cycle(4, 0.1, cbs=[Checkpoint(tmp_path / "c.npz"), Crash()])
+    resumed = learner().load(tmp_path / "c.npz")
+    assert resumed.checkpoint_epoch == 1
+    resumed.fit_one_cycle(4, 0.1, start_epoch=1)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
