@@ -161,7 +161,7 @@ def test_airbench_preset():
         A.airbench_transforms(flip="sometimes")
 
 
-# --- through the Learner ---------------------------------------------------------------------------
+# --- through the Learner --------------------------------------------------------------------------
 
 class Flat(nn.Module):
     """A linear classifier of the whole (3, 4, 5) picture: a flip changes its outputs."""
