@@ -1,4 +1,5 @@
 """DataLoader: batch layout, shuffling, normalisation, determinism whatever the timing, worker."""
+import copy
 import threading
 import time
 
@@ -211,3 +212,21 @@ def test_show_batch_from_loader_dataset_and_arrays(tmp_path):
     with pytest.raises(ValueError, match="mean and std"):
         show_batch((x, y))
     show_batch((x, y), mean=dl.mean, std=dl.std, classes=ds.classes)
+
+
+def test_sample_seed_comes_from_the_seed_without_drawing_and_epochs_are_counted():
+    ds = random_dataset(n=12)
+    rng = np.random.default_rng(4)
+    before = copy.deepcopy(rng.bit_generator.state)
+    dl = DataLoader(ds, batch_size=5, shuffle=True, rng=rng)
+    assert rng.bit_generator.state == before                     # nothing drawn for it
+    assert dl.sample_seed == DataLoader(ds, rng=np.random.default_rng(4)).sample_seed
+    assert dl.sample_seed != DataLoader(ds, rng=np.random.default_rng(5)).sample_seed
+    assert (dl.next_epoch, dl.last_epoch) == (0, None)
+    list(dl), list(dl)
+    assert (dl.next_epoch, dl.last_epoch) == (2, 1)
+    dl.set_epoch(7)
+    list(dl)
+    assert (dl.next_epoch, dl.last_epoch) == (8, 7)
+    copy_ = dl.with_transform(A.flip_lr(), rng=np.random.default_rng(4))
+    assert (copy_.next_epoch, copy_.last_epoch, copy_.sample_seed) == (0, None, dl.sample_seed)
