@@ -7,7 +7,7 @@ float32 (N, C, H, W) the model wants in one fused pass.
 
 A transform has a probability `p` (applied per image) and three kinds:
 
-- geometric (flips, dihedral, rot90, rotate, zoom, translate, warp, random_crop,
+- geometric (flips, alternating flip, dihedral, rot90, rotate, zoom, translate, warp, random_crop,
   random_resized_crop, resize): each gives one 3x3 matrix per image that maps output pixel
   coordinates to input pixel coordinates. `Compose` multiplies all of them into ONE matrix per
   image, so the batch is resampled by ONE bilinear interpolation (not one per transform: no
