@@ -139,47 +139,171 @@ def atomic_write(path, write) -> None:
         raise
 
 
+# What a model file may make tinyconv allocate: the arrays it declares (their uncompressed sizes,
+# summed) may exceed the file's own size only by this factor. np.savez stores arrays uncompressed
+# (factor 1); a compressed archive of weights shrinks little. A zip bomb declares far more.
+MAX_EXPANSION = 64
+MIN_BUDGET = 64 * 2 ** 20      # bytes always allowed, so small files are never refused for this
+MAX_HEADER_BYTES = 64 * 2 ** 20
+
+
 def read_model_file(path) -> tuple[dict, dict]:
     """(state_dict of arrays, header dict) of a model file, every array read and checked.
 
-    Raises FileNotFoundError, or ModelFileError naming the file and what is wrong with it.
+    Before anything is allocated, each member's .npy header (shape, dtype) is checked against the
+    bytes the zip declares for it, and their sum against the file's real size (`MAX_EXPANSION`);
+    only simple numeric dtypes are read. Raises FileNotFoundError, or ModelFileError naming the
+    file and what is wrong with it.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file {path!r} does not exist")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ModelFileError(f"{path}: not a tinyconv model file (a .npy array, not a .npz)")
-        with data as npz:
-            header = _read_header(path, npz)
-            state = {k: npz[k] for k in header["keys"]}      # reads (and CRC-checks) every array
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                is_npy = f.read(6) == b"\x93NUMPY"
+            raise ModelFileError(f"{path}: not a tinyconv model file (a .npy array, not a .npz)"
+                                 if is_npy else f"{path}: cannot read the model file: not a .npz "
+                                 f"(zip) archive")
+        with zipfile.ZipFile(path) as zf:
+            members = {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}
+            header = _read_header(path, zf, members)
+            budget = max(MAX_EXPANSION * os.path.getsize(path), MIN_BUDGET)
+            specs = {k: _member_spec(path, zf, members[k]) for k in header["keys"]}
+            declared = sum(members[k].file_size for k in header["keys"])
+            if declared > budget:
+                raise ModelFileError(
+                    f"{path}: declares {declared:,} bytes of arrays but the file holds only "
+                    f"{os.path.getsize(path):,} bytes (more than {MAX_EXPANSION}x): refusing to "
+                    f"decompress it")
+            state = {k: _read_member(zf, members[k], specs[k]) for k in header["keys"]}
     except (ModelFileError, PermissionError, IsADirectoryError):
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError,
+            NotImplementedError, RuntimeError) as e:     # RuntimeError: encrypted members
         raise ModelFileError(f"{path}: cannot read the model file: truncated, corrupt or not a "
                              f".npz ({type(e).__name__}: {e})") from None
     return state, header
 
 
-def _read_header(path: str, npz) -> dict:
-    """The JSON header of an open .npz, checked: format, version, and every listed array present."""
-    if HEADER_KEY not in npz.files:
+def _member_spec(path: str, zf, info, header=False):
+    """(shape, fortran, dtype, data offset) from one member's .npy header, checked against the
+    size the zip declares for it: simple numbers only (the header: one unicode string)."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ModelFileError(f"{path}: array {info.filename!r} is in .npy format {version}, "
+                                 f"not 1.0 or 2.0")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if header:
+        simple = dtype.kind == "U" and shape == ()
+    else:
+        simple = dtype.kind in "biuf" and dtype.fields is None and dtype.subdtype is None
+    if not simple:
+        what = "a 0-d unicode string" if header else "booleans, integers or floats"
+        raise ModelFileError(f"{path}: array {info.filename!r} has dtype {dtype} and shape "
+                             f"{shape}; a model file holds only {what}")
+    count = 1
+    for d in shape:
+        count *= d
+    if offset + count * dtype.itemsize != info.file_size:
+        raise ModelFileError(f"{path}: array {info.filename!r} declares shape {shape} of {dtype} "
+                             f"({count * dtype.itemsize:,} bytes) but its member holds "
+                             f"{info.file_size - offset:,} bytes (truncated or corrupt)")
+    return shape, fortran, dtype, offset
+
+
+def _read_member(zf, info, spec):
+    """The array of one checked member; reading to the end makes zipfile verify its CRC."""
+    shape, fortran, dtype, offset = spec
+    with zf.open(info) as f:
+        f.read(offset)
+        raw = f.read(info.file_size - offset)
+        f.read()                  # nothing is left; at the end zipfile checks the CRC
+    flat = np.frombuffer(raw, dtype=dtype)
+    # a fresh, writable, native-endian C array (np.savez writes Fortran order as it is in memory)
+    return np.array(flat.reshape(shape, order="F" if fortran else "C"),
+                    dtype=dtype.newbyteorder("="), order="C")
+
+
+def _read_header(path: str, zf, members: dict) -> dict:
+    """The JSON header of an open model archive, checked: format, version, the type of every
+    entry, and every listed array present."""
+    if HEADER_KEY not in members:
         raise ModelFileError(f"{path}: not a tinyconv model file (a .npz without the "
-                             f"{HEADER_KEY!r} header; it holds {sorted(npz.files)[:5]})")
-    header = json.loads(str(npz[HEADER_KEY][()]))
+                             f"{HEADER_KEY!r} header; it holds {sorted(members)[:5]})")
+    info = members[HEADER_KEY]
+    if info.file_size > MAX_HEADER_BYTES:
+        raise ModelFileError(f"{path}: its header declares {info.file_size:,} bytes (at most "
+                             f"{MAX_HEADER_BYTES:,} are read)")
+    spec = _member_spec(path, zf, info, header=True)
+    try:
+        header = json.loads(str(_read_member(zf, info, spec)[()]))
+    except ValueError as e:
+        raise ModelFileError(f"{path}: its header is not valid JSON ({e})") from None
+    except RecursionError:     # json nests by recursion: 100,000 '[' exhaust the stack
+        raise ModelFileError(f"{path}: its header nests too deeply to be a model header") \
+            from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a tinyconv model file (its header is not a "
                              f"{FORMAT!r} header)")
+    _check_header_types(path, header)
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path}: written in model-file format {header['format_version']} "
                              f"by tinyconv {header.get('tinyconv_version')}; this version reads "
                              f"up to format {FORMAT_VERSION}")
-    absent = [k for k in header.get("keys", []) if k not in npz.files]
+    absent = [k for k in header.get("keys", []) if k not in members]
     if absent or "keys" not in header:
         raise ModelFileError(f"{path}: the header lists arrays the file lacks: "
                              f"{', '.join(absent) or 'no key list'}")
     return header
+
+
+# entry -> (allowed types, what to call them); None is allowed for every entry but "keys"
+_HEADER_TYPES = {"format_version": ((int,), "an integer"), "keys": ((list,), "a list of names"),
+                 "arch": ((str,), "a name"), "arch_args": ((dict,), "an object"),
+                 "model_class": ((str,), "a name"), "meta": ((dict,), "an object"),
+                 "tinyconv_version": ((str,), "a version string")}
+
+
+def _check_header_types(path: str, header: dict) -> None:
+    for key, (types, what) in _HEADER_TYPES.items():
+        value = header.get(key)
+        if key not in header or (value is None and key != "keys"):
+            continue          # absent entries have defaults; a missing key list is named later
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ModelFileError(f"{path}: header entry {key!r} must be {what}, got "
+                                 f"{type(value).__name__}")
+    keys = header.get("keys", [])
+    if not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+        raise ModelFileError(f"{path}: header entry 'keys' must list distinct array names")
+
+
+def _ints_in(value):
+    """Every int in a JSON value (bools excluded), depth first."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, (list, dict)):
+        for v in (value.values() if isinstance(value, dict) else value):
+            yield from _ints_in(v)
+
+
+def _check_arch_args(path: str, arch, arch_args: dict, state: dict) -> None:
+    """Refuse a header whose architecture is bigger than the arrays stored with it, before the
+    net is built: every size in arch_args (num_classes, width, ...) is a dimension of some weight,
+    so none can exceed the largest stored dimension. (A header edited to width 4096 over width-64
+    weights would otherwise build a 10 GB net only to fail loading the weights into it.)"""
+    largest = max((d for a in state.values() for d in a.shape), default=0)
+    too_big = [v for v in _ints_in(arch_args) if v > max(largest, len(state))]
+    if too_big:
+        raise ModelFileError(f"{path}: the header asks for {arch}({arch_args}) but the largest "
+                             f"dimension of the {len(state)} stored arrays is {largest}: the "
+                             f"header does not describe these weights")
 
 
 def load(path, model: Module | None = None) -> Module:
@@ -196,10 +320,12 @@ def load(path, model: Module | None = None) -> Module:
             raise ModelFileError(f"{path}: saved from a custom model ({header.get('model_class')}) "
                                  f"that tinyconv cannot rebuild; build it and pass "
                                  f"load(path, model=net)")
+        _check_arch_args(path, arch, arch_args, state)
         try:
             model = models.build(arch, **arch_args)
-        except ValueError as e:
-            raise ModelFileError(f"{path}: {e}") from None
+        except (ValueError, TypeError, OverflowError, MemoryError) as e:
+            raise ModelFileError(f"{path}: {type(e).__name__}: {e}" if not
+                                 isinstance(e, ValueError) else f"{path}: {e}") from None
     else:
         own_arch = getattr(model, "arch_name", None)
         if arch is not None and own_arch is not None and (arch, arch_args) != \
