@@ -387,3 +387,16 @@ def test_hand_written_safetensors_reads_back(tmp_path, rng):
     np.testing.assert_array_equal(got["a"], arrays["a"])
     np.testing.assert_array_equal(got["n"], arrays["n"])
     np.testing.assert_array_equal(got["d"], arrays["d"].astype(np.float32))
+
+
+def test_ignored_prefixes_are_left_out_on_both_sides(tmp_path):
+    source = models.mnist_cnn(num_classes=4, rng=np.random.default_rng(0)).state_dict()
+    path = write_torch_zip(tmp_path / "four_classes.pth", source)
+    net = models.mnist_cnn(num_classes=10, rng=np.random.default_rng(1))
+    own_head = net.state_dict()["7.weight"]
+    with pytest.raises(WeightFileError, match=r"7.weight: file \(4, 128\), model \(10, 128\)"):
+        load_state_dict_file(net, path)
+    load_state_dict_file(net, path, ignore=("7.",))
+    state = net.state_dict()
+    np.testing.assert_array_equal(state["7.weight"], own_head)          # kept its own
+    np.testing.assert_array_equal(state["5.weight"], source["5.weight"])

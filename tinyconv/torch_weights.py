@@ -337,20 +337,25 @@ def read_state_dict_file(path) -> "OrderedDict[str, np.ndarray]":
                           f"tinyconv .npz (first bytes {head!r})")
 
 
-def load_state_dict_file(model: Module, path, strict: bool = True) -> Module:
+def load_state_dict_file(model: Module, path, strict: bool = True, ignore=()) -> Module:
     """Load the weights in `path` (torch .pth zip or .safetensors, told by content) into `model`.
 
     Floats are cast to the model's dtype. A BatchNorm's num_batches_tracked, absent from files
     written before torch 0.4.1, keeps the model's value. strict: every key must match both ways;
     any mismatch raises WeightFileError listing the missing, unexpected and mis-shaped keys,
-    before anything is written. Returns the model.
+    before anything is written. ignore: key prefixes (e.g. ("fc.",), a classifier to replace)
+    left out on both sides: the model keeps its own values there. Returns the model.
     """
     path = os.fspath(path)
+    ignore = tuple(ignore)
     state = read_state_dict_file(path)
     own = model.state_dict()
+    for key in [k for k in state if ignore and k.startswith(ignore)]:
+        del state[key]
     for key in own:
-        if key.endswith("num_batches_tracked") and key not in state and \
-                key[:-len("num_batches_tracked")] + "running_mean" in state:
+        bn_counter = key.endswith("num_batches_tracked") and \
+            key[:-len("num_batches_tracked")] + "running_mean" in state
+        if key not in state and (bn_counter or (ignore and key.startswith(ignore))):
             state[key] = own[key]
     try:
         model.load_state_dict(state, strict=strict)
