@@ -20,6 +20,7 @@ silently short dataset.
 import gzip
 import hashlib
 import json
+import math
 import os
 import pickle
 import warnings
@@ -114,20 +115,50 @@ def split(dataset, valid_pct=0.1, seed=0):
     return dataset.subset(np.sort(perm[n_valid:])), dataset.subset(np.sort(perm[:n_valid]))
 
 
-def _read_bytes(path):
-    """The file's bytes, gunzipped when it starts with the gzip magic (not trusting the name)."""
+_CHUNK = 16 * 2 ** 20
+
+
+def _open_data(path):
+    """`path` opened for reading, through gzip when it starts with the gzip magic (not trusting
+    the name)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        f = open(path, "rb")
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e})") from e
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb"), f
+    f.seek(0)
+    return f, f
+
+
+def _read_at_most(path, f, n):
+    """Up to `n` bytes of `f`, read in chunks: memory follows what the file really holds, never
+    what a header claims it holds."""
+    buf = bytearray()
     try:
-        return gzip.decompress(raw)
+        while len(buf) < n:
+            chunk = f.read(min(_CHUNK, n - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
     except (EOFError, OSError, zlib.error) as e:   # truncated stream, bad CRC, corrupt deflate
         raise DatasetError(f"{path}: corrupt or truncated gzip file ({e})") from e
+    return bytes(buf)
+
+
+def _read_bytes(path, limit):
+    """The file's bytes (gunzipped if gzip), refusing a file that holds more than `limit` bytes
+    before reading past the limit: a small .gz can decompress to gigabytes."""
+    f, raw = _open_data(path)
+    with raw:
+        data = _read_at_most(path, f, limit + 1)
+    if len(data) > limit:
+        raise DatasetError(f"{path}: holds more than {limit:,} bytes"
+                           f"{' once decompressed' if f is not raw else ''}, more than this "
+                           f"format ever needs; refusing to read it")
+    return data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,27 +174,33 @@ def read_idx(path):
     """Read an IDX file (gzipped or raw) into an array of the shape its header declares.
 
     Raises DatasetError naming the file on a wrong magic number or a size that does not match the
-    header (truncated or with trailing bytes).
+    header (truncated or with trailing bytes). Reads at most one byte more than the header
+    declares, so a gzip bomb behind a small header is never decompressed.
     """
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DatasetError(f"{path}: {len(data)} bytes is too short for an IDX header")
-    zero, code, ndim = data[:2], data[2], data[3]
-    if zero != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
-        raise DatasetError(f"{path}: not an IDX file (magic bytes {data[:4].hex()}, expected "
-                           f"0000 then a type code in {sorted(_IDX_TYPES)} and ndim >= 1)")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    dtype = _IDX_TYPES[code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    f, raw = _open_data(path)
+    with raw:
+        head = _read_at_most(path, f, 4)
+        if len(head) < 4:
+            raise DatasetError(f"{path}: {len(head)} bytes is too short for an IDX header")
+        zero, code, ndim = head[:2], head[2], head[3]
+        if zero != b"\x00\x00" or code not in _IDX_TYPES or ndim == 0:
+            raise DatasetError(f"{path}: not an IDX file (magic bytes {head.hex()}, expected "
+                               f"0000 then a type code in {sorted(_IDX_TYPES)} and ndim >= 1)")
+        dims = _read_at_most(path, f, 4 * ndim)
+        if len(dims) < 4 * ndim:
+            raise DatasetError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, need "
+                               f"{4 + 4 * ndim})")
+        shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+        dtype = _IDX_TYPES[code]
+        expected = math.prod(shape) * dtype.itemsize      # Python ints: no overflow
+        data = _read_at_most(path, f, expected + 1)       # one byte more tells trailing bytes
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DatasetError(f"{path}: {what}: header declares shape {shape} ({expected} bytes) "
-                           f"but the file has {len(data)} bytes")
+        got = f"{len(data)} bytes" if len(data) <= expected else f"more than {expected} bytes"
+        raise DatasetError(f"{path}: {what}: header declares shape {shape} ({expected:,} bytes "
+                           f"of data) but the file has {got} after its header")
     # copy: a writable array that owns its memory, in native byte order
-    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find_mnist_file(root, prefix, kind):
@@ -209,9 +246,13 @@ class MNIST(ArrayDataset):
 # CIFAR-10 (python pickles or binary records)
 # --------------------------------------------------------------------------------------------------
 
+# A batch holds 10,000 images: 30.7 MB as binary records, 31 MB as a pickle. Twice that bounds
+# what one batch file may make us read (a 1 MB .gz of zeros could otherwise decompress to GBs).
+CIFAR_MAX_BYTES = 64 * 2 ** 20
+
 def _load_pickle(path):
     """The pickle at `path` via `safe_pickle.load`: no code runs, arrays are fresh copies."""
-    data = _read_bytes(path)
+    data = _read_bytes(path, CIFAR_MAX_BYTES)
     try:
         return safe_pickle.load(data)
     except UnsafePickleError as e:
@@ -245,7 +286,7 @@ def _cifar_py_batch(path):
 
 def _cifar_bin_batch(path):
     """One binary batch: records of 1 label byte + 3072 pixel bytes (R, G, B planes, rows)."""
-    raw = _read_bytes(path)
+    raw = _read_bytes(path, CIFAR_MAX_BYTES)
     if len(raw) == 0 or len(raw) % 3073:
         raise DatasetError(f"{path}: {len(raw)} bytes is not a whole number of 3073-byte "
                            f"CIFAR-10 records (truncated or not a CIFAR-10 binary batch)")
