@@ -317,17 +317,24 @@ def test_safetensors_package_reads_back_every_tensor_exactly(name, rng, tmp_path
 
 
 def _torch_twin(name):
+    """The torch net of tests/torch_nets.py matching ZOO[name], and the factor its logits need
+    (torch_nets.resnet9 has no logit scale; airbench94's twin ends in its own Mul(1/9))."""
     sys.path.insert(0, os.path.dirname(__file__))
     import torch_nets
+    args = ZOO[name][0]
     if name == "mnist_cnn":
         return torch_nets.mnist_cnn(), 1.0
-    return torch_nets.resnet9(width=ZOO[name][0]["width"]), ZOO[name][0].get("logit_scale", 1.0)
+    if name == "airbench94":
+        return torch_nets.airbench94(widths=args["widths"]), 1.0
+    return torch_nets.resnet9(width=args["width"]), args.get("logit_scale", 1.0)
 
 
 @needs_safetensors
 @needs_torch
-@pytest.mark.parametrize("name", ["mnist_cnn", "resnet9", "resnet9_logit_scale"])
+@pytest.mark.parametrize("name", ["mnist_cnn", "resnet9", "resnet9_logit_scale", "airbench94"])
 def test_safetensors_loads_into_the_torch_twin_with_the_same_logits(name, rng, tmp_path):
+    if name.replace("_logit_scale", "") not in tc.models.ARCHITECTURES:
+        pytest.skip(f"{name} is not in this tinyconv")
     net = _zoo_net(name, rng)
     twin, scale = _torch_twin(name)
     twin.load_state_dict(st_torch.load_file(save_safetensors(net, tmp_path / "m.safetensors")),
