@@ -39,18 +39,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import resnets
+from . import airbench, resnets
 from .nn import layers as L
 from .nn.head import AdaptiveConcatPool2d, BatchNorm1d
 from .nn.layers import _pair
 from .nn.module import Module, Sequential
 from .ops.pool import _windows
 from .serialize import atomic_write, string_metadata
-
-try:                                    # airbench94 is being added alongside this exporter
-    from . import airbench
-except ImportError:
-    airbench = None
 
 __all__ = ["export_onnx", "OnnxExportError", "MIN_OPSET"]
 
@@ -346,9 +341,8 @@ CONVERTERS = {L.Conv2d: _conv2d, L.BatchNorm2d: _batch_norm, L.ReLU: _relu,
               L.Scale: _scale, L.Dropout: _identity, L.Residual: _residual,
               Sequential: _sequential, resnets.BasicBlock: _resnet_block,
               resnets.Bottleneck: _resnet_block, resnets.ResNet: _resnet,
-              BatchNorm1d: _batch_norm, AdaptiveConcatPool2d: _concat_pool}
-if airbench is not None:
-    CONVERTERS[airbench.ConvGroup] = _conv_group
+              BatchNorm1d: _batch_norm, AdaptiveConcatPool2d: _concat_pool,
+              airbench.ConvGroup: _conv_group}
 # layers that other work adds to nn (exported as soon as they exist)
 for _name, _converter in (("GELU", _gelu), ("LeakyReLU", _leaky_relu), ("Identity", _identity)):
     if hasattr(L, _name):
