@@ -366,14 +366,17 @@ def test_safetensors_layout_header_aligned_and_offsets_contiguous(rng, tmp_path)
 def test_safetensors_round_trip_through_load_state_dict_file(rng, tmp_path):
     if not hasattr(tc, "load_state_dict_file"):
         pytest.skip("tc.load_state_dict_file (the weight-file reader) is not in this tinyconv")
+    from tinyconv.torch_weights import read_state_dict_file
     net = _zoo_net("resnet9_logit_scale", rng)
+    path = save_safetensors(net, tmp_path / "m.safetensors")
     fresh = tc.models.resnet9(**ZOO["resnet9_logit_scale"][0])
-    tc.load_state_dict_file(fresh, save_safetensors(net, tmp_path / "m.safetensors"))
-    ours, back = net.state_dict(), fresh.state_dict()
-    assert list(back) == list(ours)
-    for key in ours:
-        assert back[key].dtype == ours[key].dtype and back[key].shape == ours[key].shape, key
-        np.testing.assert_array_equal(back[key], ours[key])
+    tc.load_state_dict_file(fresh, path)
+    ours = net.state_dict()
+    for back in (read_state_dict_file(path), fresh.state_dict()):   # the file, then the net
+        assert list(back) == list(ours)
+        for key in ours:
+            assert back[key].dtype == ours[key].dtype and back[key].shape == ours[key].shape, key
+            np.testing.assert_array_equal(back[key], ours[key])
 
 
 # ---- the command line ----------------------------------------------------------------------------
