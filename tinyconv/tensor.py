@@ -172,6 +172,10 @@ class Tensor:
         """x if x > 0 else negative_slope * x, elementwise."""
         return ew.LeakyReLU.apply(self, negative_slope=negative_slope)
 
+    def gelu(self, approximate: str = "none") -> "Tensor":
+        """x * Phi(x) (Phi the standard normal CDF), elementwise; "tanh" approximates Phi."""
+        return ew.GELU.apply(self, approximate=approximate)
+
     def sigmoid(self) -> "Tensor":
         """1 / (1 + e^-x), elementwise."""
         return ew.Sigmoid.apply(self)

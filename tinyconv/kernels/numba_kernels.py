@@ -21,6 +21,8 @@ What is different here, and why:
   depend on the number of threads or on which thread ran what.
 - Batch norm: statistics and normalisation fused per channel (a channel of a batch fits in cache,
   so x is read from memory once), and a fused backward.
+- GELU in float32: erf and exp written with multiplies and one division, so that the loop runs
+  on SIMD lanes (libm's erf and exp are one element per call: 8x slower, measured).
 
 Kernels are compiled on first use and cached on disk (cache=True).
 """
@@ -30,11 +32,12 @@ import numpy as np
 from numba import njit
 
 from .._threads import num_threads, parallel_for, scratch
-from .reference import conv_output_size
+from .reference import INV_SQRT_2PI, SQRT_2_OVER_PI, SQRT_HALF, TANH_CUBIC, conv_output_size
 
 __all__ = ["conv_output_size", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
            "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
-           "avg_pool2d_backward", "batch_norm_train", "batch_norm_eval", "batch_norm_backward"]
+           "avg_pool2d_backward", "batch_norm_train", "batch_norm_eval", "batch_norm_backward",
+           "gelu_forward", "gelu_backward"]
 
 _jit = njit(cache=True, nogil=True)
 # Small helpers are inlined into their callers at Numba level: a call per row segment (a few
@@ -1210,3 +1213,156 @@ def batch_norm_backward(dy, x, weight, mean, var, eps, training):
                               *span(t))
     parallel_for(task, n_tasks)
     return dx.reshape(x.shape), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+# ---- GELU ----------------------------------------------------------------------------------------
+# float32 takes the fast path: Phi and exp from arithmetic alone, computed in float64 (max relative
+# error of y 1.6e-7 on [-12, 12] against math.erfc, about one float32 ulp). Other dtypes (float64:
+# the gradient checks) take libm's erfc and exp, exact but one element at a time.
+# error_model="numpy": a division by zero gives inf instead of raising, so Numba adds no check
+# (a branch) to each division, and the loop vectorises; "contract" lets a * b + c be one fused
+# multiply-add (one rounding instead of two). 2.2 ns per element and core, against 9 with
+# Numba's defaults and 25 for libm's erf (measured, float32).
+_SIMD = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+_jit_simd = njit(**_SIMD)
+_inline_simd = njit(inline="always", **_SIMD)
+MIN_SPAN = 1 << 15               # elements per task at least (a thread hand-off costs ~10 us)
+
+
+@_inline_simd
+def _exp_neg(a):
+    """exp(a) for a <= 0 with multiplies only: exp(a) = exp(a / 1024)^1024, a degree-7 Taylor
+    series at the small argument, then squared ten times (relative error < 5e-10). 0 below -110,
+    where exp(a) = 1.7e-48 is below float32's smallest number, 1.4e-45, even times the |x| < 15
+    that multiplies it in GELU: the series is only accurate for |a / 1024| < 0.11."""
+    b = max(a, -110.0) * (1.0 / 1024.0)
+    p = 1.0 + b * (1.0 + b * (1.0 / 2 + b * (1.0 / 6 + b * (1.0 / 24 + b * (
+        1.0 / 120 + b * (1.0 / 720 + b * (1.0 / 5040)))))))
+    for _ in range(10):
+        p *= p
+    return p if a > -110.0 else 0.0
+
+
+@_inline_simd
+def _erf_cdf_fast(v):
+    """(Phi(v), Phi'(v)) of the standard normal: Phi(v) = erfc(-v / sqrt 2) / 2.
+
+    erfc(z) for z >= 0 is Numerical Recipes' Chebyshev fit (erfcc, fractional error < 1.2e-7):
+    t = 1 / (1 + z/2), erfc(z) = t exp(-z^2 + P(t)). Taken at |v|, so the tail Phi(-|v|) keeps
+    its relative accuracy (1 + erf would cancel), and Phi(|v|) = 1 - Phi(-|v|).
+    """
+    z = abs(v) * SQRT_HALF
+    t = 1.0 / (1.0 + 0.5 * z)
+    p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    tail = 0.5 * t * _exp_neg(p - z * z)
+    cdf = tail if v < 0 else 1.0 - tail
+    return cdf, _exp_neg(-z * z) * INV_SQRT_2PI
+
+
+@_inline_simd
+def _tanh_cdf_fast(v):
+    """(0.5 (1 + tanh u), its derivative), u = sqrt(2/pi) (v + 0.044715 v^3).
+
+    0.5 (1 + tanh u) is the sigmoid of 2u: with e = exp(-2|u|) and s = 1 / (1 + e) it is s for
+    u >= 0 and e*s below, and its derivative is e s^2 * 2u' in both cases.
+    """
+    u = SQRT_2_OVER_PI * (v + TANH_CUBIC * v * v * v)
+    e = _exp_neg(-2.0 * abs(u))
+    s = 1.0 / (1.0 + e)
+    cdf = s if u >= 0 else e * s
+    return cdf, 2.0 * e * s * s * SQRT_2_OVER_PI * (1.0 + 3.0 * TANH_CUBIC * v * v)
+
+
+@_inline
+def _cdf_exact(v, tanh):
+    """(Phi(v), Phi'(v)) from libm, exact: erfc(-v / sqrt 2) / 2, or the tanh approximation."""
+    if tanh:                                  # as a sigmoid of 2u (see _tanh_cdf_fast)
+        u = SQRT_2_OVER_PI * (v + TANH_CUBIC * v * v * v)
+        e = math.exp(-2.0 * abs(u))
+        s = 1.0 / (1.0 + e)
+        return (s if u >= 0 else e * s), \
+            2.0 * e * s * s * SQRT_2_OVER_PI * (1.0 + 3.0 * TANH_CUBIC * v * v)
+    return 0.5 * math.erfc(-v * SQRT_HALF), math.exp(-0.5 * v * v) * INV_SQRT_2PI
+
+
+@_jit_simd
+def _gelu_forward_fast(x, y, tanh):
+    """y = x * Phi(x) on flat arrays (a task's span: slices indexed from 0, see _copy); one loop
+    per formula, so that each one vectorises."""
+    if tanh:
+        for i in range(x.size):
+            v = np.float64(x[i])
+            y[i] = v * _tanh_cdf_fast(v)[0]
+    else:
+        for i in range(x.size):
+            v = np.float64(x[i])
+            y[i] = v * _erf_cdf_fast(v)[0]
+
+
+@_jit_simd
+def _gelu_backward_fast(dy, x, dx, tanh):
+    """dx = dy * (Phi(x) + x Phi'(x)) on flat arrays."""
+    if tanh:
+        for i in range(x.size):
+            v = np.float64(x[i])
+            cdf, pdf = _tanh_cdf_fast(v)
+            dx[i] = dy[i] * (cdf + v * pdf)
+    else:
+        for i in range(x.size):
+            v = np.float64(x[i])
+            cdf, pdf = _erf_cdf_fast(v)
+            dx[i] = dy[i] * (cdf + v * pdf)
+
+
+@_jit
+def _gelu_forward_exact(x, y, tanh):
+    """The same with libm (and no fused multiply-adds): as exact as the reference."""
+    for i in range(x.size):
+        v = np.float64(x[i])
+        y[i] = v * _cdf_exact(v, tanh)[0]
+
+
+@_jit
+def _gelu_backward_exact(dy, x, dx, tanh):
+    for i in range(x.size):
+        v = np.float64(x[i])
+        cdf, pdf = _cdf_exact(v, tanh)
+        dx[i] = dy[i] * (cdf + v * pdf)
+
+
+def _span_tasks(n):
+    """Split n elements into a few spans per thread, each at least MIN_SPAN long."""
+    per = max(MIN_SPAN, math.ceil(n / (4 * num_threads())))
+    return max(1, math.ceil(n / per)), lambda t: (t * per, min(n, (t + 1) * per))
+
+
+def gelu_forward(x, approximate):
+    """x (any shape) -> x * Phi(x) like x; approximate: "none" (erf) or "tanh"."""
+    x = np.ascontiguousarray(x)
+    flat = x.reshape(-1)
+    y = np.empty_like(flat)
+    kernel = _gelu_forward_fast if x.dtype == np.float32 else _gelu_forward_exact
+    n_tasks, span = _span_tasks(flat.size)
+
+    def task(t, worker):
+        lo, hi = span(t)
+        kernel(flat[lo:hi], y[lo:hi], approximate == "tanh")
+    parallel_for(task, n_tasks)
+    return y.reshape(x.shape)
+
+
+def gelu_backward(dy, x, approximate):
+    """dy, x like each other -> dx = dy * (Phi(x) + x * Phi'(x))."""
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy, dtype=x.dtype)
+    flat, dflat = x.reshape(-1), dy.reshape(-1)
+    dx = np.empty_like(flat)
+    kernel = _gelu_backward_fast if x.dtype == np.float32 else _gelu_backward_exact
+    n_tasks, span = _span_tasks(flat.size)
+
+    def task(t, worker):
+        lo, hi = span(t)
+        kernel(dflat[lo:hi], flat[lo:hi], dx[lo:hi], approximate == "tanh")
+    parallel_for(task, n_tasks)
+    return dx.reshape(x.shape)

@@ -13,12 +13,15 @@ into a column of a matrix, and a 3x3 convolution with C_out filters becomes
 and its backward is two more products plus col2im (the adjoint of im2col: add every column back
 where it came from).
 """
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["conv_output_size", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
            "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
-           "avg_pool2d_backward", "batch_norm_train", "batch_norm_eval", "batch_norm_backward"]
+           "avg_pool2d_backward", "batch_norm_train", "batch_norm_eval", "batch_norm_backward",
+           "gelu_forward", "gelu_backward"]
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -188,3 +191,40 @@ def batch_norm_backward(dy, x, weight, mean, var, eps, training):
     else:
         dx = k * dy
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+# GELU (Hendrycks & Gimpel 2016): y = x * Phi(x), Phi the standard normal CDF, or torch's tanh
+# approximation of it. math.erfc, one element at a time, is slow but exact: this is the spec.
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+TANH_CUBIC = 0.044715
+
+
+def _gelu_cdf(x, approximate):
+    """(Phi(x), dPhi/dx) in float64: exact, or the tanh approximation 0.5 (1 + tanh(u))."""
+    x = x.astype(np.float64)
+    if approximate == "tanh":
+        # u = sqrt(2/pi) (x + 0.044715 x^3),  Phi ~ 0.5 (1 + tanh u) = sigmoid(2u), computed as
+        # a sigmoid from e = exp(-2|u|) so that the negative tail does not cancel;
+        # dPhi = sigmoid(2u) (1 - sigmoid(2u)) 2u' = e / (1 + e)^2 * 2u'
+        u = SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x)
+        e = np.exp(-2 * np.abs(u))
+        cdf = np.where(u >= 0, 1 / (1 + e), e / (1 + e))
+        return cdf, 2 * e / (1 + e) ** 2 * SQRT_2_OVER_PI * (1 + 3 * TANH_CUBIC * x * x)
+    # Phi = (1 + erf(x / sqrt 2)) / 2 = erfc(-x / sqrt 2) / 2 (the latter keeps the digits of the
+    # negative tail, where 1 + erf cancels),  dPhi = exp(-x^2 / 2) / sqrt(2 pi)
+    return 0.5 * _erfc(-x * SQRT_HALF), np.exp(-0.5 * x * x) * INV_SQRT_2PI
+
+
+def gelu_forward(x, approximate):
+    """x (any shape) -> x * Phi(x) like x; approximate: "none" (erf) or "tanh"."""
+    cdf, _ = _gelu_cdf(x, approximate)
+    return (x * cdf).astype(x.dtype)
+
+
+def gelu_backward(dy, x, approximate):
+    """dy, x like each other -> dx = dy * (Phi(x) + x * Phi'(x))."""
+    cdf, pdf = _gelu_cdf(x, approximate)
+    return (dy * (cdf + x * pdf)).astype(x.dtype)

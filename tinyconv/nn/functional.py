@@ -13,7 +13,7 @@ from ..ops.norm import batch_norm, dropout
 from ..ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from ..tensor import Tensor
 
-__all__ = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax",
+__all__ = ["linear", "relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax",
            "cross_entropy", "nll_loss", "mse_loss", "conv2d", "max_pool2d", "avg_pool2d",
            "adaptive_avg_pool2d", "adaptive_max_pool2d", "batch_norm", "dropout"]
 
@@ -41,6 +41,15 @@ def relu(x):
 def leaky_relu(x, negative_slope: float = 0.01):
     """x if x > 0 else negative_slope * x."""
     return ew.LeakyReLU.apply(x, negative_slope=negative_slope)
+
+
+def gelu(x, approximate: str = "none"):
+    """x * Phi(x), Phi the standard normal CDF, as torch.nn.functional.gelu. x (...) -> like x.
+
+    approximate="none": the exact form 0.5 x (1 + erf(x / sqrt 2)); "tanh": torch's
+    approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    """
+    return ew.GELU.apply(x, approximate=approximate)
 
 
 def sigmoid(x):

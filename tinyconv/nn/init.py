@@ -197,8 +197,8 @@ def patch_whitening_(weight, images, eps: float = 1e-2, chunk: int = 256,
     if x.shape[2] < kh or x.shape[3] < kw:
         raise ValueError(f"patch_whitening_: images {x.shape} are smaller than the kernel "
                          f"{kh}x{kw}")
-    # patch covariance (or second moment), accumulated a chunk of images at a time (all patches at once could take
-    # gigabytes): sum of p p^T and sum of p over every position of every image
+    # patch covariance (or second moment), accumulated a chunk of images at a time (all patches
+    # at once could take gigabytes): sum of p p^T and sum of p over every position of every image
     total, outer, count = np.zeros(dim), np.zeros((dim, dim)), 0
     for start in range(0, len(x), chunk):
         windows = np.lib.stride_tricks.sliding_window_view(

@@ -15,7 +15,7 @@ from . import functional as F
 from . import init
 from .module import Buffer, Module, Parameter, Sequential
 
-__all__ = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d",
+__all__ = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "GELU", "MaxPool2d", "AvgPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Flatten", "Scale", "Dropout", "Residual",
            "conv_bn"]
 
@@ -143,6 +143,25 @@ class ReLU(Module):
 
     def forward(self, x):
         return F.relu(x)
+
+
+class GELU(Module):
+    """x * Phi(x), Phi the standard normal CDF, elementwise (torch.nn.GELU): a smooth ReLU.
+
+    approximate: "none" (exact, with erf) or "tanh" (torch's tanh approximation).
+    """
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return "" if self.approximate == "none" else f"approximate={self.approximate!r}"
 
 
 class MaxPool2d(Module):

@@ -4,10 +4,11 @@ Binary ops broadcast like NumPy; their backward undoes it with `unbroadcast`, vi
 """
 import numpy as np
 
+from .. import kernels
 from ..autograd import Function, unbroadcast
 
 __all__ = ["Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Sqrt", "Abs", "ReLU",
-           "LeakyReLU", "Sigmoid", "Tanh", "Clip"]
+           "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Clip"]
 
 
 def _check_broadcast(op: str, a: np.ndarray, b: np.ndarray) -> None:
@@ -177,6 +178,27 @@ class LeakyReLU(Function):
     def backward(ctx, dy):
         # y = x if x > 0 else s x  =>  dx = dy * (1 or s)
         return dy * ctx.slope
+
+
+class GELU(Function):
+    """x * Phi(x), Phi the standard normal CDF (exact, with erf), or torch's tanh approximation
+    0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) of it. The loops are kernels (gelu_forward,
+    gelu_backward): erf has no NumPy ufunc, and a fused loop reads x once."""
+
+    @staticmethod
+    def forward(ctx, x, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"gelu: expected a floating-point input, got {x.dtype} "
+                            f"of shape {x.shape}")
+        ctx.x, ctx.approximate = x, approximate        # only x: backward recomputes Phi from it
+        return kernels.backend().gelu_forward(x, approximate)
+
+    @staticmethod
+    def backward(ctx, dy):
+        # y = x Phi(x)  =>  dx = dy * (Phi(x) + x Phi'(x))
+        return kernels.backend().gelu_backward(dy, ctx.x, ctx.approximate)
 
 
 class Sigmoid(Function):
