@@ -12,6 +12,7 @@ import pytest
 import tinyconv as tc
 from tinyconv import nn
 from tinyconv.onnx_export import OnnxExportError, export_onnx
+from tinyconv.pt_export import save_pt
 from tinyconv.safetensors_export import save_safetensors
 
 try:
@@ -271,10 +272,10 @@ def _export(fmt, net, path):
     if fmt == "onnx":
         pytest.importorskip("onnx")
         return export_onnx(net, path, input_shape=(1, 1, 28, 28))
-    return save_safetensors(net, path)
+    return (save_safetensors if fmt == "safetensors" else save_pt)(net, path)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "safetensors"])
+@pytest.mark.parametrize("fmt", ["onnx", "safetensors", "pt"])
 def test_export_to_a_missing_folder_names_the_path(fmt, tmp_path):
     target = tmp_path / "no" / "such" / f"m.{fmt}"
     with pytest.raises(FileNotFoundError, match=f"cannot write .*m.{fmt}"):
@@ -282,7 +283,7 @@ def test_export_to_a_missing_folder_names_the_path(fmt, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "safetensors"])
+@pytest.mark.parametrize("fmt", ["onnx", "safetensors", "pt"])
 def test_interrupted_export_keeps_the_old_file_and_leaves_no_temporary(fmt, tmp_path,
                                                                       monkeypatch):
     path = tmp_path / f"m.{fmt}"
@@ -329,16 +330,21 @@ def _torch_twin(name):
     return torch_nets.resnet9(width=args["width"]), args.get("logit_scale", 1.0)
 
 
-@needs_safetensors
 @needs_torch
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 @pytest.mark.parametrize("name", ["mnist_cnn", "resnet9", "resnet9_logit_scale", "airbench94"])
-def test_safetensors_loads_into_the_torch_twin_with_the_same_logits(name, rng, tmp_path):
+def test_weights_load_into_the_torch_twin_with_the_same_logits(name, fmt, rng, tmp_path):
     if name.replace("_logit_scale", "") not in tc.models.ARCHITECTURES:
         pytest.skip(f"{name} is not in this tinyconv")
+    if fmt == "safetensors" and st_torch is None:
+        pytest.skip("safetensors is not installed")
     net = _zoo_net(name, rng)
     twin, scale = _torch_twin(name)
-    twin.load_state_dict(st_torch.load_file(save_safetensors(net, tmp_path / "m.safetensors")),
-                         strict=True)
+    if fmt == "safetensors":
+        state = st_torch.load_file(save_safetensors(net, tmp_path / "m.safetensors"))
+    else:               # torch's own reader, in its safe mode, and mapped in place (aligned data)
+        state = torch.load(save_pt(net, tmp_path / "m.pt"), weights_only=True, mmap=True)
+    twin.load_state_dict(state, strict=True)
     twin.eval()
     x = rng.standard_normal((5, *ZOO[name][1])).astype(np.float32)
     with torch.no_grad():
@@ -363,12 +369,13 @@ def test_safetensors_layout_header_aligned_and_offsets_contiguous(rng, tmp_path)
     assert (counter["dtype"], counter["shape"]) == ("I64", [])
 
 
-def test_safetensors_round_trip_through_load_state_dict_file(rng, tmp_path):
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_weights_round_trip_through_load_state_dict_file(fmt, rng, tmp_path):
     if not hasattr(tc, "load_state_dict_file"):
         pytest.skip("tc.load_state_dict_file (the weight-file reader) is not in this tinyconv")
     from tinyconv.torch_weights import read_state_dict_file
     net = _zoo_net("resnet9_logit_scale", rng)
-    path = save_safetensors(net, tmp_path / "m.safetensors")
+    path = _export(fmt, net, tmp_path / f"m.{fmt}")
     fresh = tc.models.resnet9(**ZOO["resnet9_logit_scale"][0])
     tc.load_state_dict_file(fresh, path)
     ours = net.state_dict()
@@ -377,6 +384,18 @@ def test_safetensors_round_trip_through_load_state_dict_file(rng, tmp_path):
         for key in ours:
             assert back[key].dtype == ours[key].dtype and back[key].shape == ours[key].shape, key
             np.testing.assert_array_equal(back[key], ours[key])
+
+
+def test_pt_pickle_names_only_torch_rebuilders_and_ordered_dict(rng, tmp_path):
+    import pickletools
+    import zipfile
+    with zipfile.ZipFile(save_pt(_zoo_net("mnist_cnn", rng), tmp_path / "m.pt")) as zf:
+        names = zf.namelist()
+        program = zf.read("archive/data.pkl")
+    assert names[:2] == ["archive/data.pkl", "archive/byteorder"] and len(names) == 16 + 3
+    called = {arg for op, arg, _ in pickletools.genops(program) if op.name == "GLOBAL"}
+    assert called == {"collections OrderedDict", "torch._utils _rebuild_tensor_v2",
+                      "torch FloatStorage", "torch LongStorage"}
 
 
 # ---- the command line ----------------------------------------------------------------------------
@@ -412,6 +431,18 @@ def test_cli_export_safetensors_to_out(model_file, tmp_path):
         np.testing.assert_array_equal(loaded[key], state[key])
 
 
+@needs_torch
+def test_cli_export_pt_loads_with_torch_load(model_file, capsys):
+    from tinyconv.cli import main
+    assert main(["export", model_file, "--format", "pt"]) == 0
+    path = model_file.replace(".npz", ".pt")
+    assert f"wrote {path}" in capsys.readouterr().out
+    state, ours = torch.load(path, weights_only=True), tc.load(model_file).state_dict()
+    assert list(state) == list(ours)
+    for key in ours:
+        np.testing.assert_array_equal(state[key].numpy(), ours[key])
+
+
 def test_cli_export_refusals_are_one_line_and_exit_2(model_file, rng, tmp_path, capsys):
     from tinyconv.cli import main
     bare = tc.save(_zoo_net("mnist_cnn", rng), tmp_path / "bare.npz")     # no image_shape
@@ -421,7 +452,7 @@ def test_cli_export_refusals_are_one_line_and_exit_2(model_file, rng, tmp_path, 
               "is the model file itself"),
              (["export", model_file, "--format", "onnx", "--input-shape", "1,28"],
               "expected C,H,W"),
-             (["export", model_file, "--format", "pt"], "invalid choice: 'pt'"),
+             (["export", model_file, "--format", "tflite"], "invalid choice: 'tflite'"),
              (["export", model_file, "--format", "safetensors",
                "--out", str(tmp_path / "no" / "w.safetensors")], "cannot write")]
     if ort is not None:

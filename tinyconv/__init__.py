@@ -19,6 +19,7 @@ from .learner import Learner  # noqa: E402
 from .serialize import load, save  # noqa: E402
 from .onnx_export import export_onnx  # noqa: E402  (onnx itself is imported when called)
 from .safetensors_export import save_safetensors  # noqa: E402
+from .pt_export import save_pt  # noqa: E402
 from .torch_weights import load_state_dict_file  # noqa: E402
 from .vision_learner import vision_learner  # noqa: E402
 
@@ -28,4 +29,4 @@ __version__ = "0.1.0"
 __all__ = ["Function", "Tensor", "no_grad", "enable_grad", "is_grad_enabled", "nn", "models",
            "optim", "sched", "data", "callbacks", "metrics", "interpret", "recipes", "Learner",
            "ClassificationInterpretation", "save", "load", "load_state_dict_file", "vision_learner",
-           "export_onnx", "save_safetensors", "__version__"]
+           "export_onnx", "save_safetensors", "save_pt", "__version__"]

@@ -591,18 +591,20 @@ def ascii_sketch(f, title: str, width: int = 60, height: int = 10) -> str:
 
 # ---- export --------------------------------------------------------------------------------------
 def cmd_export(args) -> int:
-    """Write a model file as ONNX (for ONNX Runtime and other runtimes) or safetensors (for
-    PyTorch's load_state_dict)."""
+    """Write a model file as ONNX (for ONNX Runtime and other runtimes), or its state_dict as
+    safetensors or as torch.save's .pt (for PyTorch's load_state_dict)."""
     from .onnx_export import export_onnx
+    from .pt_export import save_pt
     from .safetensors_export import save_safetensors
 
     model, meta = _load_model(args.model)
     out = args.out or os.path.splitext(args.model)[0] + "." + args.format
     if os.path.abspath(out) == os.path.abspath(args.model):
         raise UsageError(f"--out {out} is the model file itself; pick another name")
-    if args.format == "safetensors":
-        save_safetensors(model, out)
-        print(f"wrote {out} (safetensors: {len(model.state_dict())} tensors)")
+    if args.format in ("safetensors", "pt"):
+        (save_safetensors if args.format == "safetensors" else save_pt)(model, out)
+        print(f"wrote {out} ({args.format}: {len(model.state_dict())} tensors, named as in "
+              f"PyTorch)")
         return 0
     if args.input_shape is not None:
         shape = (1, *args.input_shape)
@@ -630,11 +632,11 @@ def _shape_arg(text: str) -> tuple:
 
 
 def _export_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a model as ONNX or safetensors (PyTorch)")
+    p = sub.add_parser("export", help="write a model as ONNX, or for PyTorch (safetensors, pt)")
     p.add_argument("model", help="a model file (.npz) from tinyconv train or tc.save")
-    p.add_argument("--format", choices=("onnx", "safetensors"), required=True)
+    p.add_argument("--format", choices=("onnx", "safetensors", "pt"), required=True)
     p.add_argument("--out", default=None, help="the file to write (default: MODEL with the "
-                                               "format's extension, .onnx or .safetensors)")
+                                               "format's extension: .onnx, .safetensors, .pt)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument("--input-shape", type=_shape_arg, default=None, metavar="C,H,W",
                    help="ONNX: one image's shape, when the model file does not record it")
