@@ -167,17 +167,19 @@ def test_onnx_batch_norm_1d_matches_tinyconv(shape, rng, tmp_path):
 
 
 @needs_onnx
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("opset", [17, 20])
-def test_onnx_gelu_and_leaky_relu_match_tinyconv(opset, rng, tmp_path):
-    if not hasattr(nn, "GELU"):
-        pytest.skip("nn.GELU is not in this tinyconv")
-    layers = [nn.Linear(6, 6, rng=rng), nn.GELU()]
+def test_onnx_gelu_and_leaky_relu_match_tinyconv(opset, approximate, rng, tmp_path):
+    layers = [nn.Linear(6, 6, rng=rng), nn.GELU(approximate)]
     if hasattr(nn, "LeakyReLU"):
         layers += [nn.LeakyReLU(0.1)]
     net = nn.Sequential(*layers)
     path = export_onnx(net, tmp_path / "gelu.onnx", input_shape=(1, 6), opset=opset)
     ops = {n.op_type for n in onnx.load(path).graph.node}
-    assert ("Gelu" in ops) == (opset >= 20) and ("Erf" in ops) == (opset < 20)
+    # opset 20 has a Gelu op; before it, the formula: erf (exact) or tanh (approximate)
+    assert ("Gelu" in ops) == (opset >= 20)
+    assert ("Erf" in ops) == (opset < 20 and approximate == "none")
+    assert ("Tanh" in ops) == (opset < 20 and approximate == "tanh")
     x = rng.standard_normal((4, 6)).astype(np.float32) * 3
     np.testing.assert_allclose(_onnx_out(path, x), _tinyconv_out(net, x), rtol=1e-5, atol=1e-5)
 

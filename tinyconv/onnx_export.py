@@ -335,7 +335,7 @@ def _conv_group(g: _Graph, m: Module, path: str, x: _Value) -> _Value:
     return _chain(g, m, path, x, "conv1", "pool", "norm1", "activ", "conv2", "norm2", "activ")
 
 
-CONVERTERS = {L.Conv2d: _conv2d, L.BatchNorm2d: _batch_norm, L.ReLU: _relu,
+CONVERTERS = {L.Conv2d: _conv2d, L.BatchNorm2d: _batch_norm, L.ReLU: _relu, L.GELU: _gelu,
               L.MaxPool2d: _pool, L.AvgPool2d: _pool, L.AdaptiveAvgPool2d: _adaptive_pool,
               L.AdaptiveMaxPool2d: _adaptive_pool, L.Flatten: _flatten, L.Linear: _linear,
               L.Scale: _scale, L.Dropout: _identity, L.Residual: _residual,
@@ -343,8 +343,8 @@ CONVERTERS = {L.Conv2d: _conv2d, L.BatchNorm2d: _batch_norm, L.ReLU: _relu,
               resnets.Bottleneck: _resnet_block, resnets.ResNet: _resnet,
               BatchNorm1d: _batch_norm, AdaptiveConcatPool2d: _concat_pool,
               airbench.ConvGroup: _conv_group}
-# layers that other work adds to nn (exported as soon as they exist)
-for _name, _converter in (("GELU", _gelu), ("LeakyReLU", _leaky_relu), ("Identity", _identity)):
+# layers torch has and nn may gain (F.leaky_relu exists; exported as soon as the modules do)
+for _name, _converter in (("LeakyReLU", _leaky_relu), ("Identity", _identity)):
     if hasattr(L, _name):
         CONVERTERS[getattr(L, _name)] = _converter
 
