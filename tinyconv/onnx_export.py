@@ -82,11 +82,11 @@ class _Graph:
         the same array twice (tied weights) is stored once."""
         key = id(array)
         if key not in self._arrays:
-            if not np.issubdtype(array.dtype, np.integer):
-                array = array.astype(np.float32, copy=False)
+            values = array if np.issubdtype(array.dtype, np.integer) else \
+                array.astype(np.float32, copy=False)
             unique = self._unique(name)
-            self.initializers.append(self.onnx.numpy_helper.from_array(array, unique))
-            self._arrays[key] = (unique, array)       # keep the array alive: its id stays unique
+            self.initializers.append(self.onnx.numpy_helper.from_array(values, unique))
+            self._arrays[key] = (unique, array)       # keep `array` alive: its id stays its own
         return self._arrays[key][0]
 
     def const(self, name: str, values, dtype=np.int64) -> str:
