@@ -1,4 +1,4 @@
-"""The `tinyconv` command: train, lr-find, evaluate, predict, show-aug, plot-schedule.
+"""The `tinyconv` command: train, lr-find, evaluate, predict, show-aug, plot-schedule, export.
 
     tinyconv train                              # mnist_cnn on the bundled MNIST: LR finder, one-cycle
     tinyconv train --data pets/ --arch resnet9 --aug side_on --epochs 10 --tta
