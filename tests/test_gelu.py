@@ -73,9 +73,12 @@ def test_gelu_kernels_match_reference(shape, dtype, approximate, rng):
     y, dx = numba_kernels.gelu_forward(x, approximate), numba_kernels.gelu_backward(dy, x,
                                                                                    approximate)
     assert y.dtype == dx.dtype == dtype and y.shape == dx.shape == x.shape
-    # float32 runs the vectorised formula (about one ulp, down to the subnormal numbers, whose
-    # own steps are 1.4e-45); float64 libm's erfc, as the reference
-    rtol, atol = (4e-7, 3e-45) if dtype == np.float32 else (1e-14, 1e-300)
+    # float32 runs the vectorised formula: within 4 ulp; results below 1.2e-38 are subnormal
+    # numbers, whose steps are 1.4e-45, and within 16 of those. float64 runs libm's erfc, as
+    # the reference does.
+    tiny = np.finfo(np.float32).smallest_subnormal
+    rtol, atol = (4 * np.finfo(np.float32).eps, 16 * tiny) if dtype == np.float32 \
+        else (1e-14, 1e-300)
     np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=atol)
     # dx = dy (Phi + x Phi') cancels near x = -0.75 (GELU's minimum), so its error is bounded
     # relative to the terms (|dy| times Phi and |x Phi'|, both below 1), not to the result
@@ -92,16 +95,16 @@ def test_gelu_kernels_take_non_contiguous_input(rng):
                                    ops.gelu_backward(dy.copy(), x.copy(), "none"), rtol=1e-7)
 
 
-def test_gelu_float32_is_accurate_to_about_an_ulp_across_the_range():
+def test_gelu_float32_is_accurate_to_4_ulp_across_the_range():
     """The fast float32 path against x * erfc(-x/sqrt 2)/2 at the same (float32) inputs: relative
-    error within 2 ulp everywhere on [-12, 12], the negative tail included (where 1 + erf(x)
+    error within 4 ulp everywhere on [-12, 12], the negative tail included (where 1 + erf(x)
     would cancel: torch's float32 GELU loses every digit there)."""
     x = np.linspace(-12, 12, 40001).astype(np.float32)
     exact = _exact(x.astype(np.float64))
     got = F.gelu(tc.Tensor(x)).data.astype(np.float64)
     big = np.abs(exact) > 1e-37                                      # normal float32 results
     rel = np.abs(got[big] - exact[big]) / np.abs(exact[big])
-    assert rel.max() < 2 * np.finfo(np.float32).eps
+    assert rel.max() < 4 * np.finfo(np.float32).eps
 
 
 def test_gelu_special_values_follow_torch():
