@@ -27,7 +27,7 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant")
 AUGS = ("auto", "none", "shift", "basic", "side_on", "top_down", "cifar")
-ARCHS = ("auto", "mnist_cnn", "resnet9")
+ARCHS = ("auto", "mnist_cnn", "resnet9", "resnet18", "resnet34", "resnet50")
 PLOT_MAX_POINTS = 1_000_000   # plot-schedule evaluates the schedule once per batch
 
 
@@ -134,6 +134,8 @@ def build_model(arch: str, width: int, num_classes: int, image_shape: tuple, see
     rng = np.random.default_rng(seed)
     if arch == "mnist_cnn":
         model = models.mnist_cnn(num_classes=num_classes, rng=rng)
+    elif arch in ("resnet18", "resnet34", "resnet50"):       # train: cli_transfer.py instead
+        model = models.build(arch, num_classes=num_classes, rng=rng)
     else:
         model = models.resnet9(num_classes=num_classes, width=width, logit_scale=logit_scale,
                                rng=rng)
@@ -219,6 +221,10 @@ def cmd_train(args) -> int:
     import tinyconv as tc
     from . import plot
 
+    if args.arch in ("resnet18", "resnet34", "resnet50") or args.weights is not None or \
+            args.precompute:
+        from .cli_transfer import cmd_train_transfer   # fast.ai's eight transfer steps
+        return cmd_train_transfer(args)
     started = time.time()
     out = _out_dir(args.out)
     ds, arch, learn = setup_learner(args)
@@ -712,6 +718,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report test-time augmentation: aug (fastai's, the default), "
                         "flip (mean over the image and its mirror) or shift (flip, and flip of "
                         "1-pixel shifts)")
+    p.add_argument("--weights", nargs="?", const="", default=None, metavar="FILE",
+                   help="resnet18/34/50: the pre-trained body's weights (a torchvision .pth or "
+                        ".safetensors); runs fast.ai's eight transfer-learning steps")
+    p.add_argument("--precompute", action="store_true",
+                   help="with --weights: train the head first on the frozen body's cached "
+                        "activations")
+    p.add_argument("--cycles", type=int_at_least(1), default=3,
+                   help="resnet18/34/50: SGDR cycles of the two long steps (default: 3)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("lr-find", help="run the LR finder and plot loss against lr")
