@@ -17,20 +17,28 @@ from tinyconv.safetensors_export import save_safetensors
 
 try:
     import onnx
+except ImportError:
+    onnx = None
+try:
     import onnxruntime as ort
 except ImportError:
-    onnx = ort = None
-try:
-    import safetensors.numpy as st_numpy
-    import safetensors.torch as st_torch
-except ImportError:
-    st_numpy = st_torch = None
+    ort = None
 try:
     import torch
 except ImportError:
     torch = None
+try:
+    import safetensors.numpy as st_numpy
+except ImportError:
+    st_numpy = None
+try:                                      # its torch half needs torch as well
+    import safetensors.torch as st_torch
+except ImportError:
+    st_torch = None
 
-needs_onnx = pytest.mark.skipif(ort is None, reason="onnx and onnxruntime are not installed")
+needs_onnx = pytest.mark.skipif(onnx is None or ort is None,
+                                reason="onnx and onnxruntime are not installed")
+needs_onnx_package = pytest.mark.skipif(onnx is None, reason="onnx is not installed")
 needs_safetensors = pytest.mark.skipif(st_numpy is None, reason="safetensors is not installed")
 needs_torch = pytest.mark.skipif(torch is None, reason="torch (the oracle) is not installed")
 
@@ -236,19 +244,19 @@ class TwistedReLU(nn.ReLU):
         return -super().forward(x)
 
 
+@needs_onnx_package
 @pytest.mark.parametrize("layer, why", [(Mystery(), r"layer 1\.0 \(Mystery\): no ONNX converter"),
                                         (TwistedReLU(), r"layer 1\.0 \(TwistedReLU\): it "
                                                         r"overrides the forward\(\) of ReLU")])
 def test_onnx_unexportable_layer_is_named_and_nothing_is_written(layer, why, tmp_path):
-    pytest.importorskip("onnx")
     net = nn.Sequential(nn.Linear(3, 3), nn.Sequential(layer))
     with pytest.raises(OnnxExportError, match=why):
         export_onnx(net, tmp_path / "x.onnx", input_shape=(1, 3))
     assert os.listdir(tmp_path) == []
 
 
+@needs_onnx_package
 def test_onnx_input_that_does_not_fit_names_the_layer_and_shapes(tmp_path):
-    pytest.importorskip("onnx")
     net = tc.models.mnist_cnn()
     with pytest.raises(OnnxExportError, match=r"layer 0\.0 \(Conv2d\): expects 1 input channels, "
                                               r"gets \(batch, 3, 28, 28\)"):
@@ -272,7 +280,8 @@ def test_onnx_without_the_onnx_package_says_how_to_install_it(monkeypatch, tmp_p
 
 def _export(fmt, net, path):
     if fmt == "onnx":
-        pytest.importorskip("onnx")
+        if onnx is None:
+            pytest.skip("onnx is not installed")
         return export_onnx(net, path, input_shape=(1, 1, 28, 28))
     return (save_safetensors if fmt == "safetensors" else save_pt)(net, path)
 
