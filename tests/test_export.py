@@ -247,7 +247,9 @@ class TwistedReLU(nn.ReLU):
 @needs_onnx_package
 @pytest.mark.parametrize("layer, why", [(Mystery(), r"layer 1\.0 \(Mystery\): no ONNX converter"),
                                         (TwistedReLU(), r"layer 1\.0 \(TwistedReLU\): it "
-                                                        r"overrides the forward\(\) of ReLU")])
+                                                        r"overrides the forward\(\) of ReLU"),
+                                        (nn.Flatten(0), r"layer 1\.0 \(Flatten\): start_dim 0 "
+                                                        r"merges the batch")])
 def test_onnx_unexportable_layer_is_named_and_nothing_is_written(layer, why, tmp_path):
     net = nn.Sequential(nn.Linear(3, 3), nn.Sequential(layer))
     with pytest.raises(OnnxExportError, match=why):

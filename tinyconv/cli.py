@@ -64,20 +64,14 @@ def detect_data(spec: str, valid_pct: float, seed: int, size=None) -> DataSpec:
     if spec == "mnist":
         train, test = data.MNIST(train=True), data.MNIST(train=False)
         return _with_valid("mnist", train, test, valid_pct, seed)
-    if not os.path.exists(spec):
-        raise UsageError(f"--data {spec}: no such file or folder")
-    if not os.path.isdir(spec):
-        raise UsageError(f"--data {spec}: expected a folder (an image folder, an MNIST IDX "
-                         f"folder or a cifar-10-batches-py folder), got a file")
-    names = set(os.listdir(spec))
-    if any(n.startswith("train-images-idx3-ubyte") for n in names):
+    kind, held_out = _data_kind(spec)
+    if kind == "mnist":
         return _with_valid("mnist", data.MNIST(spec, train=True), data.MNIST(spec, train=False),
                            valid_pct, seed)
-    if "data_batch_1" in names or "data_batch_1.bin" in names:
+    if kind == "cifar10":
         return _with_valid("cifar10", data.CIFAR10(spec, train=True),
                            data.CIFAR10(spec, train=False), valid_pct, seed)
-    held_out = next((n for n in ("valid", "test") if os.path.isdir(os.path.join(spec, n))), None)
-    if "train" in names and os.path.isdir(os.path.join(spec, "train")) and held_out:
+    if kind == "split folder":
         train = data.ImageFolder(os.path.join(spec, "train"), size=size)
         other = data.ImageFolder(os.path.join(spec, held_out), size=size)
         if other.classes != train.classes:
@@ -89,6 +83,49 @@ def detect_data(spec: str, valid_pct: float, seed: int, size=None) -> DataSpec:
     folder = data.ImageFolder(spec, size=size)
     train, valid = data.split(folder, valid_pct=valid_pct or 0.2, seed=seed)
     return DataSpec("folder", train, valid, None, folder.classes)
+
+
+def _data_kind(spec: str):
+    """(kind, held-out folder name) of a --data folder: "mnist" (IDX files), "cifar10" (the
+    batches, or the folder holding cifar-10-batches-py/-bin), "split folder" (PATH/train with
+    PATH/valid or PATH/test) or "folder" (PATH/<class>/<images>)."""
+    if not os.path.exists(spec):
+        raise UsageError(f"--data {spec}: no such file or folder")
+    if not os.path.isdir(spec):
+        raise UsageError(f"--data {spec}: expected a folder (an image folder, an MNIST IDX "
+                         f"folder or a cifar-10-batches-py folder), got a file")
+    names = set(os.listdir(spec))
+    if any(n.startswith("train-images-idx3-ubyte") or n.startswith("t10k-images-idx3-ubyte")
+           for n in names):
+        return "mnist", None
+    cifar_dirs = {"cifar-10-batches-py", "cifar-10-batches-bin"}
+    if names & {"data_batch_1", "data_batch_1.bin", "test_batch", "test_batch.bin"} or \
+            any(os.path.isdir(os.path.join(spec, n)) for n in names & cifar_dirs):
+        return "cifar10", None
+    held_out = next((n for n in ("valid", "test") if os.path.isdir(os.path.join(spec, n))), None)
+    if "train" in names and os.path.isdir(os.path.join(spec, "train")) and held_out:
+        return "split folder", held_out
+    return "folder", None
+
+
+def detect_eval_data(spec: str, size=None):
+    """What `evaluate --data` scores -> (dataset, kind, what it is), decoding only that split:
+    the test split of MNIST or CIFAR-10, PATH/valid or PATH/test of a split folder, and every
+    image of a plain class folder (nothing was held out of it for a model to have been tuned on;
+    scoring a random 20% would silently drop the rest)."""
+    from . import data
+
+    if spec == "mnist":
+        return data.MNIST(train=False), "mnist", "the MNIST test split"
+    kind, held_out = _data_kind(spec)
+    if kind == "mnist":
+        return data.MNIST(spec, train=False), kind, f"the test split of {spec}"
+    if kind == "cifar10":
+        return data.CIFAR10(spec, train=False), kind, f"the test split of {spec}"
+    if kind == "split folder":
+        path = os.path.join(spec, held_out)
+        return data.ImageFolder(path, size=size), "folder", path
+    return data.ImageFolder(spec, size=size), "folder", f"every image of {spec}"
 
 
 def _with_valid(kind, train, test, valid_pct, seed) -> DataSpec:
@@ -192,6 +229,9 @@ def setup_learner(args):
     from .metrics import accuracy
 
     ds = load_data(args, args.valid_pct)
+    if len(ds.classes) < 2:
+        print(f"tinyconv: warning: --data {args.data} has a single class ({ds.classes[0]}): "
+              f"every prediction will be it, so accuracy says nothing", file=sys.stderr)
     image_shape = ds.train.images.shape[1:]
     arch, model = build_model(args.arch, args.width, len(ds.classes), image_shape, args.seed,
                               args.logit_scale)
@@ -445,6 +485,9 @@ def _say(args, message: str) -> None:
 
 # ---- lr-find, evaluate, predict, show-aug, plot-schedule ----------------------------------------
 def cmd_lr_find(args) -> int:
+    if not args.start_lr < args.end_lr:
+        raise UsageError(f"lr-find: --start-lr {args.start_lr:g} must be below --end-lr "
+                         f"{args.end_lr:g} (the sweep goes up)")
     out = _out_dir(args.out)
     _, _, learn = setup_learner(args)
     suggestions = learn.lr_find(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
@@ -461,40 +504,71 @@ def _load_model(path: str):
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such model file")
     model = tc.load(path)
-    return model, model.meta
+    meta = model.meta
+    classes, shape = meta.get("classes"), meta.get("image_shape")
+    if classes is not None and not (isinstance(classes, list) and classes
+                                    and all(isinstance(c, str) for c in classes)):
+        raise UsageError(f"{path}: its 'classes' must be a list of names, got {classes!r:.80}")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise UsageError(f"{path}: its 'image_shape' must be [H, W, C], got {shape!r:.80}")
+    return model, meta
+
+
+def _model_stats(meta, path) -> tuple:
+    """(mean, std) float32 of the data the model was trained on, as its file records them."""
+    if meta.get("mean") is None or meta.get("std") is None:
+        raise UsageError(f"{path} records no normalisation statistics (mean, std) of its training "
+                         f"data, which the images must be normalised with; save it with "
+                         f"tc.save(learn, path), or tc.save(model, path, mean=[...], std=[...])")
+    try:
+        mean, std = (np.asarray(meta[k], np.float64).reshape(-1) for k in ("mean", "std"))
+    except (TypeError, ValueError):
+        mean = std = np.array([])
+    if mean.size == 0 or mean.shape != std.shape or not np.isfinite(mean).all() or \
+            not np.isfinite(std).all() or not (std > 0).all():
+        raise UsageError(f"{path}: its mean {meta['mean']!r:.60} and std {meta['std']!r:.60} "
+                         f"must be lists of finite numbers of one length, std > 0")
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _check_outputs(n_out: int, classes, path) -> None:
+    if n_out != len(classes):
+        raise UsageError(f"{path}: the model outputs {n_out} scores per image but names "
+                         f"{len(classes)} classes ({', '.join(map(str, classes))[:80]})")
 
 
 def cmd_evaluate(args) -> int:
     from .learner import Learner
 
     model, meta = _load_model(args.model)
-    ds = load_data(args, 0.0)
-    eval_ds = ds.test if ds.test is not None else ds.valid
-    classes = meta.get("classes") or ds.classes
-    if list(classes) != list(ds.classes):
+    eval_ds, kind, what = detect_eval_data(args.data, size=args.size)
+    classes = meta.get("classes") or eval_ds.classes
+    if list(classes) != list(eval_ds.classes):
         raise UsageError(f"{args.model} was trained on classes {classes}, --data {args.data} "
-                         f"has {ds.classes}")
+                         f"has {eval_ds.classes}")
     _check_image_shape(meta, eval_ds.images.shape[1:], args.model, args.data)
-    stats = (np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32))
+    stats = _model_stats(meta, args.model)
     dl = make_loader(eval_ds, args.batch_size, None, stats, shuffle=False)
     learn = Learner(model, dl, dl, silent=True, seed=args.seed)
     if args.tta:
-        train_like = make_loader(eval_ds, args.batch_size, augmentation(args.aug, ds.kind,
+        train_like = make_loader(eval_ds, args.batch_size, augmentation(args.aug, kind,
                                  eval_ds.images.shape[1]), stats, shuffle=False)
         learn.train_dl = train_like
         probs, targets = learn.tta(dl, mode=args.tta)
     else:
         probs, targets = learn.get_preds(dl)
+    _check_outputs(probs.shape[1], classes, args.model)
     pred = probs.argmax(1)
     cm = _confusion(pred, targets, len(classes))
     per_class = {c: float(cm[i, i] / max(cm[i].sum(), 1)) for i, c in enumerate(classes)}
     result = {"accuracy": float((pred == targets).mean()), "n": int(len(targets)),
               "tta": args.tta or False, "per_class_accuracy": per_class,
-              "confusion_matrix": cm.tolist(), "classes": list(classes)}
+              "confusion_matrix": cm.tolist(), "classes": list(classes), "scored": what}
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"accuracy: {result['accuracy']:.4f} on {result['n']} images"
+    print(f"accuracy: {result['accuracy']:.4f} on {result['n']} images ({what})"
           f"{f' (with {args.tta} TTA)' if args.tta else ''}")
     width = max(len(str(c)) for c in classes)
     for c, acc in per_class.items():
@@ -517,9 +591,8 @@ def cmd_predict(args) -> int:
     from .tensor import Tensor
 
     model, meta = _load_model(args.model)
-    H, W, C = meta.get("image_shape", (None, None, None))
-    classes = meta.get("classes") or [str(i) for i in range(10)]
-    mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
+    H, W, C = meta.get("image_shape") or (None, None, None)
+    mean, std = _model_stats(meta, args.model)
     model.eval()
     for path in args.images:
         if not os.path.isfile(path):
@@ -538,6 +611,8 @@ def cmd_predict(args) -> int:
         x = ((x - mean) / std).transpose(2, 0, 1)[None]
         with no_grad():
             logits = model(Tensor(np.ascontiguousarray(x, dtype=np.float32))).data[0]
+        classes = meta.get("classes") or [str(i) for i in range(len(logits))]
+        _check_outputs(len(logits), classes, args.model)
         p = np.exp(logits - logits.max())
         p /= p.sum()
         top = np.argsort(-p)[: args.top_k]
@@ -554,12 +629,16 @@ def cmd_show_aug(args) -> int:
     transform = augmentation(args.aug, ds.kind, ds.train.images.shape[1])
     if transform is None:
         raise UsageError("show-aug: --aug none shows nothing; pick a preset")
+    if args.index >= len(ds.train):
+        raise UsageError(f"show-aug: --index {args.index} is out of range: there are "
+                         f"{len(ds.train)} training images (0 to {len(ds.train) - 1})")
     rng = np.random.default_rng(args.seed)
     grid = os.path.join(out, "augmentations.png")
     plot_augmentations(ds.train.images[args.index], transform, n=args.n, rng=rng, path=grid,
                        title=f"--aug {args.aug}: variations of training image {args.index}")
     batch = os.path.join(out, "batch.png")
-    dl = make_loader(ds.train, 16, transform, channel_stats(ds.train.images), shuffle=True, rng=rng)
+    dl = make_loader(ds.train, min(16, len(ds.train)), transform, channel_stats(ds.train.images),
+                     shuffle=True, rng=rng)
     show_batch(dl, path=batch, title=f"an augmented training batch (--aug {args.aug})")
     print(f"wrote {grid} and {batch}")
     return 0
@@ -659,18 +738,19 @@ def _data_args(p, data_default="mnist"):
     p.add_argument("--data", default=data_default,
                    help="mnist (bundled), an image folder, an MNIST IDX folder or a "
                         "cifar-10-batches-py folder (default: %(default)s)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=int_at_least(1), default=None,
                    help="resize the images of an image folder to SIZE x SIZE")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--limit", type=int_at_least(1), default=None,
                    help="train on a seeded random subset of LIMIT training images (quick runs)")
 
 
 def _model_args(p):
     p.add_argument("--arch", choices=ARCHS, default="auto",
                    help="auto: mnist_cnn for 28x28 grey images, else resnet9")
-    p.add_argument("--width", type=int, default=64, help="resnet9 width (32 = half)")
+    p.add_argument("--width", type=int_at_least(1), default=64,
+                   help="resnet9 width (32 = half)")
     p.add_argument("--logit-scale", type=finite_float(0, low_open=True), default=0.125,
                    help="resnet9: multiply the logits by this, as Page's ResNet-9 does "
                         "(default: %(default)s; 1 is the plain graph of REFERENCE.md)")
@@ -681,7 +761,7 @@ def _model_args(p):
                    help="ghost batch norm: while training, normalise each chunk of N samples "
                         "of a batch with its own statistics (Page uses 32)")
     p.add_argument("--aug", choices=AUGS, default="auto")
-    p.add_argument("--cutout", type=int, default=None, metavar="SIZE",
+    p.add_argument("--cutout", type=int_at_least(1), default=None, metavar="SIZE",
                    help="also cut out one SIZE x SIZE square per training image, filled with "
                         "the mean colour (DeVries & Taylor; Page uses 8 on CIFAR-10)")
     p.add_argument("--valid-pct", type=finite_float(0, 1, high_open=True), default=0.0,
@@ -733,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--start-lr", type=finite_float(0, low_open=True), default=1e-7)
     p.add_argument("--end-lr", type=finite_float(0, low_open=True), default=10.0)
-    p.add_argument("--num-it", type=int, default=100)
+    p.add_argument("--num-it", type=int_at_least(1), default=100)
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
@@ -748,15 +828,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes of images")
     p.add_argument("model")
     p.add_argument("images", nargs="+")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int_at_least(1), default=3)
     p.add_argument("--resize", action="store_true", help="resize images to the model's size")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("show-aug", help="picture of augmented variations of one image")
     _data_args(p)
     p.add_argument("--aug", choices=AUGS, default="auto")
-    p.add_argument("--index", type=int, default=0, help="which training image")
-    p.add_argument("--n", type=int, default=8, help="variations")
+    p.add_argument("--index", type=int_at_least(0), default=0, help="which training image")
+    p.add_argument("--n", type=int_at_least(1), default=8, help="variations")
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_show_aug)
 
@@ -771,6 +851,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_schedule)
     _export_parser(sub)
     return parser
+
+
+def _one_line(error) -> str:
+    """An error message as one line (some, such as a state_dict mismatch, list items)."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def main(argv=None) -> int:
@@ -791,7 +876,13 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as error:   # unreadable, corrupt or unsuitable data or model files
         if debug:
             raise
-        print(f"tinyconv: error: {error}", file=sys.stderr)
+        print(f"tinyconv: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if debug:
+            raise
+        print("tinyconv: error: out of memory; try a smaller --batch-size (or --size, --width, "
+              "--limit)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinyconv: interrupted", file=sys.stderr)

@@ -253,11 +253,13 @@ def _adaptive(g: _Graph, m: Module, path: str, x: _Value, mean: bool) -> _Value:
 def _flatten(g: _Graph, m: L.Flatten, path: str, x: _Value) -> _Value:
     rank = len(x.shape)
     start, end = m.start_dim % rank, m.end_dim % rank
+    if start == 0:
+        _fail(path, m, "start_dim 0 merges the batch dimension, which the file keeps dynamic")
     shape = x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:]
     if start == 1 and end == rank - 1:
         return _Value(g.node("Flatten", [x.name], path, axis=1), shape)
-    # 0 copies the (dynamic) batch dimension; -1 takes what is left when the batch is merged
-    target = [0] + list(shape[1:]) if start > 0 else [-1] + list(shape[1:])
+    # 0 copies the (dynamic) batch dimension from the input; the others are fixed
+    target = [0] + list(shape[1:])
     return _Value(g.node("Reshape", [x.name, g.const(f"{path}.shape", target)], path), shape)
 
 
