@@ -417,7 +417,9 @@ def export_onnx(model: Module, path, input_shape=None, opset: int = 17, *, class
         [helper.make_tensor_value_info("output", f32, ["batch", *out.shape[1:]])],
         initializer=g.initializers)
     opsets = [helper.make_opsetid("", opset)]
+    from . import __version__
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="tinyconv",
+                              producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets),
                               doc_string=f"tinyconv {type(model).__name__}, evaluation form")
     helper.set_model_props(proto, string_metadata(model, {
@@ -426,9 +428,10 @@ def export_onnx(model: Module, path, input_shape=None, opset: int = 17, *, class
     if proto.ByteSize() >= 2 ** 31:
         raise OnnxExportError(f"export_onnx: the model is {proto.ByteSize() / 2**30:.1f} GB; "
                               f"ONNX files over 2 GB need external data, not written here")
-    try:
+    try:                              # full_check: the schema of every node, and shape inference
         onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:      # a bug here, not the user's: say so
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        # a bug here, not the user's: say so
         raise OnnxExportError(f"export_onnx: the graph built for {type(model).__name__} fails "
                               f"onnx.checker (a tinyconv bug, please report): {e}") from None
     atomic_write(path, lambda f: f.write(proto.SerializeToString()))
