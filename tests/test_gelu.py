@@ -121,6 +121,18 @@ def test_gelu_special_values():
                                    rtol=np.finfo(dtype).eps, atol=0)   # float32: one ulp
 
 
+def test_gelu_float16_keeps_its_dtype_in_both_backends():
+    x = np.linspace(-3, 3, 7).astype(np.float16)
+    expected = _exact(x.astype(np.float64))
+    for name in ("numba", "numpy"):
+        with kernels.use_backend(name):
+            t = tc.Tensor(x, requires_grad=True)
+            y = F.gelu(t)
+            y.backward(np.ones(7, dtype=np.float16))
+        assert y.dtype == t.grad.dtype == np.float16
+        np.testing.assert_allclose(y.data, expected, rtol=1e-3, atol=1e-4)   # float16: 3 digits
+
+
 def test_gelu_refuses_bad_input():
     with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
         F.gelu(tc.Tensor(np.ones(3, dtype=np.float32)), approximate="erf")

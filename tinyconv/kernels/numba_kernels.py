@@ -1375,6 +1375,8 @@ def _span_tasks(n):
 
 def gelu_forward(x, approximate):
     """x (any shape) -> x * Phi(x) like x; approximate: "none" (erf) or "tanh"."""
+    if x.dtype not in (np.float32, np.float64):         # float16: Numba has no such type
+        return gelu_forward(x.astype(np.float64), approximate).astype(x.dtype)
     x = np.ascontiguousarray(x)
     flat = x.reshape(-1)
     y = np.empty_like(flat)
@@ -1390,6 +1392,9 @@ def gelu_forward(x, approximate):
 
 def gelu_backward(dy, x, approximate):
     """dy, x like each other -> dx = dy * (Phi(x) + x * Phi'(x))."""
+    if x.dtype not in (np.float32, np.float64):
+        return gelu_backward(dy.astype(np.float64), x.astype(np.float64),
+                             approximate).astype(x.dtype)
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy, dtype=x.dtype)
     flat, dflat = x.reshape(-1), dy.reshape(-1)
     dx = np.empty_like(flat)
