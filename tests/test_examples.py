@@ -56,3 +56,11 @@ def test_cifar_examples_run_on_a_few_images():
     out = run_example("07_transfer_cats_dogs.py", "--data", CIFAR, "--pretrain-epochs", 1,
                       "--limit", 600, "--width", 8)
     assert out.count("accuracy") == 5        # pre-trained, new head, frozen, unfrozen, TTA
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the CIFAR-10 image folder")
+def test_pretrained_transfer_example_runs_offline_on_a_few_images():
+    out = run_example("08_pretrained_transfer.py", "--data", CIFAR, "--pretrain-epochs", 1,
+                      "--limit", 160, "--size", 32, "--batch-size", 32)
+    assert out.count("accuracy") == 9        # pre-training, the eight steps (5 and 6 in one), TTA

@@ -8,7 +8,7 @@ lesson 1) to a world-class classifier of your own photos, starting from an Image
     4. precompute off: train the head with augmentation, --cycles SGDR cycles of 1 epoch
     5. unfreeze the body
     6. discriminative learning rates: lr/9, lr/3, lr for the two body halves and the head
-    7. lr_find again on the whole net (kept no higher than step 2's lr)
+    7. lr_find again on the whole net: its valley, kept within [lr/10, lr]
     8. train everything, --cycles SGDR cycles with cycle_mult=2 (1 + 2 + 4 epochs for 3)
 
 then test-time augmentation. The validation accuracy is printed after every step; the model
@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 import time
 from functools import partial
-
-import numpy as np
 
 __all__ = ["RESNET_ARCHS", "WEIGHT_URLS", "cmd_train_transfer", "weights_help"]
 
@@ -117,11 +115,10 @@ def cmd_train_transfer(args) -> int:
     if args.lr == "auto":
         # fast.ai 0.7's lr_find(lrs / 1000): every group's lr scaled alike, the head's up to 10
         try:
-            learn.lr_find(start_lr=[v / 1000 for v in lrs], end_lr=[v * 10 / lr for v in lrs],
-                          num_it=max(20, min(100, len(learn.train_dl))))
-            rec = learn.recorder
-            found = float(rec.lrs[int(np.nanargmin(rec.losses))]) / 10
-            lrs = [v * min(found, lr) / lr for v in lrs]
+            found = learn.lr_find(start_lr=[v / 1000 for v in lrs],
+                                  end_lr=[v * 10 / lr for v in lrs],
+                                  num_it=max(20, min(100, len(learn.train_dl)))).valley
+            lrs = [v * min(max(found, lr / 10), lr) / lr for v in lrs]    # within [lr/10, lr]
             text = "lr_find on the whole net -> " + ", ".join(f"{v:.2e}" for v in lrs)
         except RuntimeError as e:            # a sweep too short to read (tiny data sets)
             text = f"lr_find on the whole net gave no reading ({str(e)[:60]}...); lrs kept"
