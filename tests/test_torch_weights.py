@@ -400,3 +400,11 @@ def test_ignored_prefixes_are_left_out_on_both_sides(tmp_path):
     state = net.state_dict()
     np.testing.assert_array_equal(state["7.weight"], own_head)          # kept its own
     np.testing.assert_array_equal(state["5.weight"], source["5.weight"])
+
+
+@pytest.mark.parametrize("writer,name", [("save_pt", "r.pt"), ("save_safetensors", "r.st")])
+def test_tinyconv_s_own_pt_and_safetensors_files_read_back(tmp_path, writer, name):
+    net = models.resnet18(num_classes=5, rng=np.random.default_rng(0))
+    getattr(tc, writer)(net, tmp_path / name)
+    back = load_state_dict_file(models.resnet18(num_classes=5), tmp_path / name).state_dict()
+    assert all(np.array_equal(v, back[k]) for k, v in net.state_dict().items())
