@@ -48,8 +48,8 @@ def test_a_run_that_hits_a_nan_loss_exits_1_and_records_the_stop(tmp_path, capsy
 def test_non_finite_weights_are_never_written_as_the_result(tmp_path, capsys, monkeypatch):
     real_fit = cli._fit
 
-    def fit_then_poison(args, learn, lr):
-        real_fit(args, learn, lr)
+    def fit_then_poison(args, learn, lr, *rest):
+        real_fit(args, learn, lr, *rest)
         next(iter(learn.model.parameters())).data[...] = np.inf
     monkeypatch.setattr(cli, "_fit", fit_then_poison)
     code, out, err = run(capsys, "train", *TINY, "--out", tmp_path)

@@ -266,16 +266,21 @@ def cmd_train(args) -> int:
         from .cli_transfer import cmd_train_transfer   # fast.ai's eight transfer steps
         return cmd_train_transfer(args)
     started = time.time()
-    out = _out_dir(args.out)
+    resuming = args.resume is not None
+    if resuming:
+        args = _resume_args(args)
+    out = args.out if resuming else _new_run_dir(args.out)
+    args.run_dir = out                                 # for main's Ctrl-C message
     ds, arch, learn = setup_learner(args)
     model, stats = learn.model, (learn.train_dl.mean, learn.train_dl.std)
     image_shape = ds.train.images.shape[1:]
-    lr = _choose_lr(args, learn, out)
+    lr = args.resume_lr if resuming else _choose_lr(args, learn, out)
+    start_epoch = _checkpointing(args, learn, out, lr, resuming)
     save_model = partial(tc.save, model, os.path.join(out, "model.npz"), classes=ds.classes,
                          mean=list(stats[0]), std=list(stats[1]), image_shape=list(image_shape))
     with warnings.catch_warnings():   # a divergence is reported below, as one line
         warnings.filterwarnings("ignore", message="training stopped: the loss became")
-        _fit(args, learn, lr)
+        _fit(args, learn, lr, start_epoch)
     if _diverged(learn):
         return _fail_diverged(args, learn, out, save_model, started, lr)
     learn.recorder.plot_loss(path=os.path.join(out, "losses.png"))
@@ -302,6 +307,70 @@ def cmd_train(args) -> int:
             print(f"{key}: {value:.4f}")
     print(f"wrote {out}/ ({', '.join(sorted(os.listdir(out)))}) in {metrics['seconds']:.0f} s")
     return 0
+
+
+RUN_FILE = "run.json"                # a --checkpoint run's options and lr: what --resume rebuilds
+CHECKPOINT_FILE = "checkpoint.npz"   # model, optimizer, random state after the last whole epoch
+
+
+def _new_run_dir(out) -> str:
+    """train's output folder, new: one that already holds a run is refused (its model and metrics
+    would be mixed with this run's); the default runs/<timestamp> gets a -2, -3, ... suffix."""
+    if out is None:
+        base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        for n in range(1, 1000):
+            out = base if n == 1 else f"{base}-{n}"
+            try:
+                os.makedirs(out)
+                return out
+            except FileExistsError:
+                continue
+        raise UsageError(f"{base}: 999 runs started this second; pass --out")
+    held = [f for f in ("metrics.json", RUN_FILE, "model.npz", CHECKPOINT_FILE)
+            if os.path.exists(os.path.join(out, f))]
+    if held:
+        hint = f"; continue it with --resume {out}" if RUN_FILE in held else ""
+        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}); pick a new "
+                         f"folder{hint}")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def _resume_args(args):
+    """The options of the run in `--resume DIR` (its run.json) and its lr, to continue it as it
+    was started; other options on the command line are ignored."""
+    run_path, ckpt = (os.path.join(args.resume, f) for f in (RUN_FILE, CHECKPOINT_FILE))
+    if not (os.path.isfile(run_path) and os.path.isfile(ckpt)):
+        raise UsageError(f"--resume {args.resume}: no {RUN_FILE} and {CHECKPOINT_FILE} there (a "
+                         f"run started with --checkpoint writes them)")
+    with open(run_path) as f:
+        run = json.load(f)
+    if not isinstance(run, dict) or not isinstance(run.get("options"), dict) or \
+            not isinstance(run.get("lr"), (int, float)):
+        raise UsageError(f"{run_path}: not a run file of tinyconv train --checkpoint")
+    resumed = argparse.Namespace(**{**vars(args), **run["options"]})
+    resumed.out, resumed.resume, resumed.checkpoint = args.resume, args.resume, True
+    resumed.resume_lr = float(run["lr"])
+    return resumed
+
+
+def _checkpointing(args, learn, out, lr, resuming) -> int:
+    """--checkpoint: record run.json, then a checkpoint after every epoch; with --resume, load
+    the checkpoint first. -> the epoch training starts at."""
+    if not args.checkpoint:
+        return 0
+    from .callbacks import Checkpoint
+    path = os.path.join(out, CHECKPOINT_FILE)
+    start = 0
+    if resuming:
+        learn.load(path, with_opt=True)   # weights, optimizer, every random generator's state
+        start = int(learn.checkpoint_epoch or 0)
+        _say(args, f"resuming {out} after epoch {start} of {args.epochs}")
+    else:
+        options = {k: v for k, v in vars(args).items() if k not in ("func", "run_dir")}
+        _write_json(os.path.join(out, RUN_FILE), {"options": options, "lr": lr})
+    learn.add_cbs([Checkpoint(path)])
+    return start
 
 
 def _weights_finite(model) -> bool:
@@ -394,8 +463,8 @@ def policy_kwargs(args, lr: float, n_iter: int) -> dict:
     return {"lr": lr}
 
 
-def _fit(args, learn, lr: float) -> None:
-    kw = policy_kwargs(args, lr, len(learn.train_dl))
+def _fit(args, learn, lr: float, start_epoch: int = 0) -> None:
+    kw = {**policy_kwargs(args, lr, len(learn.train_dl)), "start_epoch": start_epoch}
     if args.policy == "one_cycle":
         learn.fit_one_cycle(args.epochs, **kw)
     elif args.policy == "sgdr":
@@ -436,12 +505,10 @@ def _out_dir(out) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    """Atomic: a crash mid-write leaves the old file (or none), never half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)   # never lose a run to a value JSON lacks
-        f.write("\n")
-    os.replace(tmp, path)
+    """Atomic (serialize.atomic_write): a crash mid-write leaves the old file (or none)."""
+    from .serialize import atomic_write
+    text = json.dumps(obj, indent=2, default=str) + "\n"   # never lose a run to a value JSON lacks
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _positive_float(name: str, text) -> float:
@@ -798,6 +865,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report test-time augmentation: aug (fastai's, the default), "
                         "flip (mean over the image and its mirror) or shift (flip, and flip of "
                         "1-pixel shifts)")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="save model, optimizer and random state after every epoch (to --resume)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the --checkpoint run in DIR exactly where it stopped, with its "
+                        "options")
     p.add_argument("--weights", nargs="?", const="", default=None, metavar="FILE",
                    help="resnet18/34/50: the pre-trained body's weights (a torchvision .pth or "
                         ".safetensors); runs fast.ai's eight transfer-learning steps")
@@ -862,6 +934,7 @@ def main(argv=None) -> int:
     """Entry point of `tinyconv` and `python -m tinyconv`; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    args = None
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -885,5 +958,13 @@ def main(argv=None) -> int:
               "--limit)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tinyconv: interrupted", file=sys.stderr)
+        run_dir = getattr(args, "run_dir", None)
+        if run_dir and os.path.isfile(os.path.join(run_dir, CHECKPOINT_FILE)):
+            print(f"tinyconv: interrupted; continue with: tinyconv train --resume {run_dir}",
+                  file=sys.stderr)
+        elif run_dir:
+            print("tinyconv: interrupted (no checkpoint yet: a run started with --checkpoint "
+                  "can be continued with --resume)", file=sys.stderr)
+        else:
+            print("tinyconv: interrupted", file=sys.stderr)
         return 130
