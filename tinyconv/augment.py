@@ -30,6 +30,7 @@ Coordinates are pixel centres, x = column in [0, W-1], y = row in [0, H-1]; rota
 zooms are about the image centre ((W-1)/2, (H-1)/2); positive angles turn the picture
 counter-clockwise (rotate by 90 degrees == np.rot90).
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,7 @@ __all__ = [
     "transforms_basic", "transforms_side_on", "transforms_top_down", "aug_transforms",
     "cifar_transforms", "airbench_transforms", "CIFAR10_MEAN", "CIFAR10_STD",
     "normalize", "denormalize", "channel_stats", "tta_combine", "TTA_MODES", "tta_views",
+    "warp_antialiased", "antialias_taps",
 ]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -148,6 +150,7 @@ class Transform:
 
     kind = None          # "affine", "value" or "erase"
     pad_mode = None      # affine transforms may require one; Compose checks they agree
+    antialias = False    # affine transforms that shrink may ask Compose to filter (see warp)
     per_sample = False   # True: draw(rng, n, size, info) also gets the batch's BatchInfo
 
     def __init__(self, p):
@@ -470,13 +473,17 @@ def _box_matrix(top, left, height, width, out_size):
 
 class RandomResizedCrop(AffineTransform):
     """Crop a random box of area U(scale) of the image and aspect exp(U(log ratio)), resize it to
-    `size` (torchvision's algorithm: 10 tries, then a centre crop). Bilinear without antialias."""
+    `size` (torchvision's algorithm: 10 tries, then a centre crop). Bilinear; antialias (the
+    default, as torchvision's): a box that is shrunk is averaged, not point-sampled (see
+    `warp_antialiased`)."""
 
-    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), pad_mode=None):
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), pad_mode=None,
+                 antialias=True):
         super().__init__(1.0)
         self.size = _size2(size, "RandomResizedCrop")
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.pad_mode = _pad_mode(pad_mode)
+        self.antialias = bool(antialias)
 
     def out_size(self, size):
         return self.size
@@ -511,11 +518,13 @@ class RandomResizedCrop(AffineTransform):
 
 
 class Resize(AffineTransform):
-    """Resize (squish) every image to `size` (H, W) bilinearly; no randomness."""
+    """Resize (squish) every image to `size` (H, W) bilinearly, antialiased when it shrinks
+    (unless antialias=False); no randomness."""
 
-    def __init__(self, size):
+    def __init__(self, size, antialias=True):
         super().__init__(1.0)
         self.size = _size2(size, "Resize")
+        self.antialias = bool(antialias)
 
     def out_size(self, size):
         return self.size
@@ -726,7 +735,11 @@ class Compose:
             raise ValueError(f"augment: draws were made for {draws.n} images of {draws.in_size}, "
                              f"got images {images.shape}")
         if any(t.kind == "affine" for t in self.tfms):
-            out = K.warp(images, self.matrices(draws), draws.out_size, self.pad_mode)
+            mats = self.matrices(draws)
+            if any(t.antialias for t in self.tfms):
+                out = warp_antialiased(images, mats, draws.out_size, self.pad_mode)
+            else:
+                out = K.warp(images, mats, draws.out_size, self.pad_mode)
         else:
             out = images.copy()
         rows, luts = self.luts(draws, out)
@@ -755,6 +768,43 @@ class Compose:
     def __repr__(self):
         inner = ",\n  ".join(repr(t) for t in self.tfms)
         return f"Compose([\n  {inner}], pad_mode={self.pad_mode!r})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Antialiasing: a shrinking warp averages the source instead of point-sampling it
+# --------------------------------------------------------------------------------------------------
+
+MAX_TAPS = 8    # samples per output pixel and axis: shrinking more than 8x is filtered as 8x
+
+
+def antialias_taps(mats) -> tuple:
+    """(ky, kx): bilinear samples per output pixel along y and x so that neighbouring samples
+    are at most one source pixel apart, for the most-shrinking matrix of the batch (n, 3, 3)."""
+    sx = np.hypot(mats[:, 0, 0], mats[:, 1, 0]).max()    # source pixels per output pixel, x
+    sy = np.hypot(mats[:, 0, 1], mats[:, 1, 1]).max()
+    return (int(min(MAX_TAPS, max(1, math.ceil(sy - 1e-9)))),
+            int(min(MAX_TAPS, max(1, math.ceil(sx - 1e-9)))))
+
+
+def warp_antialiased(images, mats, out_size, pad_mode="reflection", chunk=16):
+    """K.warp, but each output pixel the mean of ky x kx bilinear samples spread over it (a box
+    filter one output pixel wide): shrinking s times then averages ~s x s source pixels, where
+    plain bilinear reads 4 of them and aliases fine detail into moire. Without shrinking
+    (ky = kx = 1) this is K.warp exactly. images (N, H, W, C) uint8 -> (N, OH, OW, C) uint8."""
+    ky, kx = antialias_taps(mats) if len(mats) else (1, 1)
+    if ky == kx == 1:
+        return K.warp(images, mats, out_size, pad_mode)
+    OH, OW = int(out_size[0]), int(out_size[1])
+    # fine pixel (j', i') sits at output coordinates ((j' + 0.5) / kx - 0.5, (i' + 0.5) / ky - 0.5)
+    fine = np.array([[1 / kx, 0, 0.5 / kx - 0.5], [0, 1 / ky, 0.5 / ky - 0.5], [0, 0, 1]])
+    N, C = images.shape[0], images.shape[3]
+    out = np.empty((N, OH, OW, C), np.uint8)
+    for start in range(0, N, chunk):        # the fine grid is ky * kx times the output: chunks
+        part = slice(start, start + chunk)
+        dense = K.warp(images[part], mats[part] @ fine, (OH * ky, OW * kx), pad_mode)
+        sums = dense.reshape(-1, OH, ky, OW, kx, C).sum(axis=(2, 4), dtype=np.uint32)
+        out[part] = (sums + (ky * kx) // 2) // (ky * kx)        # rounded mean
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
