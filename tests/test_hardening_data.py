@@ -49,3 +49,24 @@ def test_a_gzip_bomb_in_place_of_a_cifar_batch_is_refused(tmp_path):
                                            r"bytes once decompressed"):
         CIFAR10(root)
     assert peak_mib(lambda: CIFAR10(root)) < 200
+
+
+def test_image_folder_cache_sees_a_file_rewritten_with_the_same_size_and_mtime(tmp_path):
+    """The cache key holds ctime and inode too: restoring the mtime does not hide a rewrite."""
+    import os
+    import numpy as np
+    from PIL import Image
+    from tinyconv.data import ImageFolder
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "imgs" / c / "0.bmp")
+    target = tmp_path / "imgs" / "a" / "0.bmp"
+    first = ImageFolder(tmp_path / "imgs", cache=tmp_path / "cache")
+    st = target.stat()
+    Image.fromarray(np.full((4, 4), 255, np.uint8)).save(target)   # BMP: same size
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    second = ImageFolder(tmp_path / "imgs", cache=tmp_path / "cache")
+    assert first.images[0].max() == 0 and second.images[0].min() == 255
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert not list((tmp_path / "cache").glob(".*.tmp"))

@@ -170,3 +170,62 @@ def test_fortran_and_big_endian_members_load_as_native_c_arrays(small_model_file
     a = got["0.0.weight"]
     np.testing.assert_array_equal(a, w)
     assert a.dtype == np.float32 and a.dtype.isnative and a.flags.c_contiguous
+
+
+# --- item 8: an interrupted save leaves nothing behind on the next run ----------------------------
+
+def dead_pid():
+    import os
+    for pid in range(4_000_000, 4_100_000):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            continue
+    pytest.skip("no free pid found")
+
+
+def test_the_next_save_removes_temporaries_of_interrupted_saves(small_model_file):
+    import os
+    import time
+    folder, name = small_model_file.parent, small_model_file.name
+    crashed = folder / f".{name}.{dead_pid()}-0123abcd.tmp"          # its writer is gone
+    old_style = folder / f".{name}.0123456789ab.tmp"                 # pid-less, two hours old
+    live = folder / f".{name}.{os.getpid()}-89abcdef.tmp"            # a write in progress
+    recent = folder / f".{name}.ba9876543210.tmp"                    # pid-less, just written
+    other = folder / f".other.npz.{dead_pid()}-0123abcd.tmp"         # another target's
+    mine_not = folder / f".{name}.notes.tmp"                         # not tinyconv's pattern
+    for p in (crashed, old_style, live, recent, other, mine_not):
+        p.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_style, (two_hours_ago, two_hours_ago))
+    save(models.mnist_cnn(rng=np.random.default_rng(0)), small_model_file)
+    assert not crashed.exists() and not old_style.exists()
+    assert live.exists() and recent.exists() and other.exists() and mine_not.exists()
+    leftovers = sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    assert leftovers == sorted(p.name for p in (live, recent, other, mine_not))
+
+
+def test_a_killed_writer_leaves_a_temporary_the_next_save_removes(small_model_file):
+    """SIGKILL a process in the middle of atomic_write; the next save cleans up after it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    code = (f"import time; from tinyconv.serialize import atomic_write\n"
+            f"def slow(f):\n    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); "
+            f"time.sleep(60)\n"
+            f"atomic_write({str(small_model_file)!r}, slow)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert proc.stdout.readline().strip() == b"writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    folder = small_model_file.parent
+    assert [p for p in folder.iterdir() if p.name.endswith(".tmp")]    # what the kill left
+    load(small_model_file)                                             # the old file is intact
+    save(models.mnist_cnn(rng=np.random.default_rng(0)), small_model_file)
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]

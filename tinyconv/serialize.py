@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 import uuid
 import zipfile
 
@@ -120,9 +122,12 @@ def atomic_write(path, write) -> None:
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    # a unique name in the same folder (so os.replace is a rename on one file system); "xb" never
-    # overwrites, and unlike mkstemp the file gets the usual permissions
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    _remove_stale_temporaries(folder, os.path.basename(path))
+    # a unique name in the same folder (so os.replace is a rename on one file system), holding the
+    # writer's pid so a later write can tell a crashed writer's leftover from a live one; "xb"
+    # never overwrites, and unlike mkstemp the file gets the usual permissions
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-"
+                               f"{uuid.uuid4().hex[:8]}.tmp")
     try:
         f = open(tmp, "xb")
     except OSError as e:            # name the file the caller asked for, not the temporary one
@@ -145,6 +150,42 @@ def atomic_write(path, write) -> None:
 MAX_EXPANSION = 64
 MIN_BUDGET = 64 * 2 ** 20      # bytes always allowed, so small files are never refused for this
 MAX_HEADER_BYTES = 64 * 2 ** 20
+
+
+STALE_SECONDS = 3600   # a temporary of the older pid-less naming is left over after an hour
+
+
+def _remove_stale_temporaries(folder: str, name: str) -> None:
+    """Delete what interrupted writes of `name` left in `folder` (SIGKILL, power loss: no
+    cleanup ran): `.<name>.<pid>-<hex>.tmp` whose process is gone, and pid-less
+    `.<name>.<hex>.tmp` of earlier versions older than STALE_SECONDS. Only tinyconv's own
+    pattern, for this one target, is ever touched."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:(\d+)-[0-9a-f]{{8}}|[0-9a-f]{{12}})\.tmp")
+    try:
+        entries = [e for e in os.scandir(folder) if pattern.fullmatch(e.name)]
+    except OSError:
+        return                     # an unreadable folder: the write itself will say so
+    for entry in entries:
+        pid = pattern.fullmatch(entry.name).group(1)
+        try:
+            stale = not _process_alive(int(pid)) if pid else \
+                time.time() - entry.stat().st_mtime > STALE_SECONDS
+            if stale:
+                os.remove(entry.path)
+        except OSError:
+            pass                   # removed meanwhile, or not ours to remove
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)            # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True                # exists (another user's) or not a pid: leave the file alone
+    return True
 
 
 def read_model_file(path) -> tuple[dict, dict]:

@@ -367,7 +367,10 @@ def _is_visible(name):
 
 
 def _scan_folder(root):
-    """(classes, [(path, class_index, size_bytes, mtime_ns)]) with classes and files sorted."""
+    """(classes, [(path, class_index, size_bytes, stamp)]) with classes and files sorted.
+
+    stamp = (mtime_ns, ctime_ns, inode): a file rewritten in place with the same size and its
+    mtime set back still changes ctime, and a file replaced by another changes the inode."""
     try:
         class_dirs = sorted((e for e in os.scandir(root) if e.is_dir() and _is_visible(e.name)),
                             key=lambda e: e.name)
@@ -379,8 +382,8 @@ def _scan_folder(root):
         entries = sorted((e for e in os.scandir(d.path) if e.is_file() and _is_visible(e.name)
                           and e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
         for e in entries:
-            st = e.stat()
-            items.append((e.path, k, st.st_size, st.st_mtime_ns))
+            st = os.stat(e.path)           # DirEntry.stat() may leave st_ino 0 on some systems
+            items.append((e.path, k, st.st_size, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)))
     if not classes:
         raise FileNotFoundError(f"ImageFolder: no class folders in {root} (expected "
                                 f"root/<class>/<images>)")
@@ -441,12 +444,12 @@ class ImageFolder(ArrayDataset):
     Images are RGB (C=3), or grey (C=1) when every image is grey; `size` (int or (H, W)) resizes
     (bilinear, aspect not kept); without `size` all images must share one size.
     cache: True (default) keeps the decoded arrays as .npy files in `default_cache_dir()`, a path
-    puts them there, False never caches. The cache key covers every file's path, size and mtime,
-    so a changed folder is decoded again. num_workers: decoding threads (default: all cores for
+    puts them there, False never caches. The cache key covers every file's path, size, mtime,
+    ctime and inode, so a changed folder is decoded again. num_workers: decoding threads (default: all cores for
     files over 32 KB on average, else 1).
     """
 
-    CACHE_VERSION = 1
+    CACHE_VERSION = 2
 
     def __init__(self, root, size=None, cache=True, num_workers=None):
         root = Path(root).resolve()
@@ -479,8 +482,8 @@ class ImageFolder(ArrayDataset):
     def _cache_key(cls, root, size, classes, items):
         h = hashlib.sha1()
         h.update(json.dumps([cls.CACHE_VERSION, str(root), size, classes]).encode())
-        for path, k, nbytes, mtime in items:
-            h.update(f"{path}\0{k}\0{nbytes}\0{mtime}\n".encode())
+        for path, k, nbytes, stamp in items:
+            h.update(f"{path}\0{k}\0{nbytes}\0{stamp}\n".encode())
         return h.hexdigest()[:20]
 
     @staticmethod
@@ -500,14 +503,12 @@ class ImageFolder(ArrayDataset):
 
     @staticmethod
     def _write_cache(stem, images, root):
+        from tinyconv.serialize import atomic_write
         path = stem.with_suffix(".npy")
-        tmp = stem.with_suffix(f".tmp{os.getpid()}.npy")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(tmp, images, allow_pickle=False)
-            os.replace(tmp, path)   # atomic: a crash never leaves a half-written cache
+            # atomic: a crash never leaves a half-written cache (nor, on the next write, its temp)
+            atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
         except OSError as e:
             warnings.warn(f"ImageFolder: could not write the decode cache for {root} to {path} "
                           f"({e}); the next run will decode again")
-            if tmp.exists():
-                tmp.unlink()
