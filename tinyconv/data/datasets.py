@@ -445,8 +445,8 @@ class ImageFolder(ArrayDataset):
     (bilinear, aspect not kept); without `size` all images must share one size.
     cache: True (default) keeps the decoded arrays as .npy files in `default_cache_dir()`, a path
     puts them there, False never caches. The cache key covers every file's path, size, mtime,
-    ctime and inode, so a changed folder is decoded again. num_workers: decoding threads (default: all cores for
-    files over 32 KB on average, else 1).
+    ctime and inode, so a changed folder is decoded again. num_workers: decoding threads
+    (default: all cores for files over 32 KB on average, else 1).
     """
 
     CACHE_VERSION = 2
