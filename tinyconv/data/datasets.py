@@ -402,15 +402,35 @@ def _scan_folder(root):
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-def _decode(path, size):
-    """One image file -> (H, W, 1) or (H, W, 3) uint8, resized to `size` (H, W) if given."""
+def _centre_box(width: int, height: int, size) -> tuple:
+    """(left, top, right, bottom): the largest centred box of the aspect of `size` (H, W)."""
+    H, W = size
+    if width * H > height * W:                     # too wide: keep the height
+        w = height * W / H
+        return ((width - w) / 2, 0.0, (width + w) / 2, float(height))
+    h = width * H / W
+    return (0.0, (height - h) / 2, float(width), (height + h) / 2)
+
+
+def _decode(path, size, crop=False):
+    """One image file -> (H, W, 1) or (H, W, 3) uint8, resized to `size` (H, W) if given;
+    crop: keep the aspect, resizing the centre box of that aspect (the shorter side to size)."""
     from PIL import Image
     try:
         with Image.open(path) as im:
             mode = "L" if im.mode in _GREY_MODES else "RGB"
+            if crop and size is not None:
+                # JPEG decoders shrink by 1/2, 1/4 or 1/8 while decoding (a photo decodes
+                # several times faster), never below the size asked for; the resize finishes
+                s = max(size[0] / im.size[1], size[1] / im.size[0])
+                im.draft(mode, (math.ceil(im.size[0] * s), math.ceil(im.size[1] * s)))
             if im.mode != mode:
                 im = im.convert(mode)
-            if size is not None and im.size != (size[1], size[0]):
+            if crop and size is not None:
+                # Pillow's resize filters over the whole footprint when it shrinks: antialiased
+                im = im.resize((size[1], size[0]), Image.BILINEAR,
+                               box=_centre_box(im.size[0], im.size[1], size))
+            elif size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             a = np.asarray(im)
     except Exception as e:   # Pillow raises many types (UnidentifiedImageError, OSError, ...)
@@ -418,13 +438,13 @@ def _decode(path, size):
     return a[..., None] if a.ndim == 2 else a
 
 
-def _decode_all(paths, size, num_workers):
+def _decode_all(paths, size, num_workers, crop=False):
     """Stack all images as (N, H, W, C); grey images are repeated to RGB if any image is colour."""
     if num_workers > 1:   # Pillow releases the GIL while decoding, so threads do run in parallel
         with ThreadPoolExecutor(num_workers) as pool:
-            arrays = list(pool.map(lambda p: _decode(p, size), paths))
+            arrays = list(pool.map(lambda p: _decode(p, size, crop), paths))
     else:
-        arrays = [_decode(p, size) for p in paths]
+        arrays = [_decode(p, size, crop) for p in paths]
     shape = arrays[0].shape[:2]
     for p, a in zip(paths, arrays):
         if a.shape[:2] != shape:
@@ -442,7 +462,9 @@ class ImageFolder(ArrayDataset):
 
     Hidden files and folders (a leading '.') and files without an image extension are skipped.
     Images are RGB (C=3), or grey (C=1) when every image is grey; `size` (int or (H, W)) resizes
-    (bilinear, aspect not kept); without `size` all images must share one size.
+    (bilinear, aspect not kept); crop=True keeps the aspect: the centred box of size's aspect is
+    resized (the shorter side to size, as torchvision's Resize + CenterCrop; photos decode
+    faster, JPEG shrinking while decoding); without `size` all images must share one size.
     cache: True (default) keeps the decoded arrays as .npy files in `default_cache_dir()`, a path
     puts them there, False never caches. The cache key covers every file's path, size, mtime,
     ctime and inode, so a changed folder is decoded again. num_workers: decoding threads
@@ -451,7 +473,7 @@ class ImageFolder(ArrayDataset):
 
     CACHE_VERSION = 2
 
-    def __init__(self, root, size=None, cache=True, num_workers=None):
+    def __init__(self, root, size=None, cache=True, num_workers=None, crop=False):
         root = Path(root).resolve()
         if isinstance(size, int):
             size = (size, size)
@@ -468,20 +490,22 @@ class ImageFolder(ArrayDataset):
                                                  else Path(cache))
         images = None
         if cache_dir is not None:
-            key = self._cache_key(root, size, classes, items)
+            key = self._cache_key(root, size, classes, items, crop)
             stem = cache_dir / f"imagefolder-{root.name}-{key}"
             images = self._read_cache(stem, len(items))
         if images is None:
-            images = _decode_all(paths, size, num_workers)
+            images = _decode_all(paths, size, num_workers, crop)
             if cache_dir is not None:
                 self._write_cache(stem, images, root)
         super().__init__(images, labels, classes, files=paths)
         self.root = root
 
     @classmethod
-    def _cache_key(cls, root, size, classes, items):
+    def _cache_key(cls, root, size, classes, items, crop=False):
         h = hashlib.sha1()
-        h.update(json.dumps([cls.CACHE_VERSION, str(root), size, classes]).encode())
+        # "crop" only when set: the keys (and caches) of uncropped folders stay what they were
+        h.update(json.dumps([cls.CACHE_VERSION, str(root), size, classes]
+                            + (["crop"] if crop and size is not None else [])).encode())
         for path, k, nbytes, stamp in items:
             h.update(f"{path}\0{k}\0{nbytes}\0{stamp}\n".encode())
         return h.hexdigest()[:20]
