@@ -51,6 +51,7 @@ def test_the_eight_steps_run_and_report_an_accuracy_each(recipe_run):
     model = tc.load(recipe_run / "model.npz")
     assert model.arch_args["arch"] == "resnet18" and model.meta["image_shape"] == [32, 32, 3]
     assert model.meta["mean"] == pytest.approx([0.485, 0.456, 0.406])     # ImageNet's
+    assert model.meta["crop"] is True                                    # centre squares
 
 
 def test_evaluate_and_predict_work_on_the_result(recipe_run, photos, capsys):

@@ -208,3 +208,30 @@ def test_a_python2_cifar_pickle_with_str_pixels_loads():
     got = safe_pickle.load(batch_program(data, lit([3], protocol=2)))
     assert got["data"].shape == (1, 3072) and got["data"].tobytes() == pixels
     assert got["labels"] == [3]
+
+
+# --- memory bounded by the pickle's size (found by tests/test_fuzz_readers.py) -------------------
+
+def test_a_huge_memo_index_is_refused_before_the_unpickler_sizes_its_memo():
+    """LONG_BINPUT 190,000,000 in a 9 KB file made CPython's unpickler allocate ~1.5 GB."""
+    import tracemalloc
+    body = program(b"}" + b"r" + struct.pack("<I", 190_000_000) + MARK + lit("data") + lit(1)
+                   + b"u", protocol=2)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafePickleError, match="memo index 190000000"):
+            safe_pickle.load(body)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 16 * 2 ** 20
+
+
+def test_one_memoised_buffer_cannot_become_many_arrays():
+    """BINGET of one 30 KB string a hundred times: 100 arrays would be 3 MB from a 30 KB file."""
+    raw = lit(b"x" * 30_000) + b"q\x07"                        # the bytes, memoised as 7
+    arrays = [call(glob("numpy._core.numeric", "_frombuffer"), raw if i == 0 else b"h\x07",
+                   dtype_ops(), lit((30_000,)), lit("C")) for i in range(100)]
+    body = program(b"]" + MARK + b"".join(arrays) + b"e")
+    with pytest.raises(UnsafePickleError, match="exceed the size of the pickle"):
+        safe_pickle.load(body)

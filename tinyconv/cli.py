@@ -45,7 +45,8 @@ class DataSpec:
 
 def load_data(args, valid_pct: float) -> DataSpec:
     """`detect_data` for the command's --data, --size and --seed, then its --limit."""
-    ds = detect_data(args.data, valid_pct, args.seed, size=args.size)
+    ds = detect_data(args.data, valid_pct, args.seed, size=args.size,
+                     crop=getattr(args, "crop", False))
     limit = getattr(args, "limit", None)
     if limit is not None:
         if limit < 1:
@@ -56,7 +57,8 @@ def load_data(args, valid_pct: float) -> DataSpec:
     return ds
 
 
-def detect_data(spec: str, valid_pct: float, seed: int, size=None) -> DataSpec:
+def detect_data(spec: str, valid_pct: float, seed: int, size=None,
+                crop=False) -> DataSpec:
     """Resolve `--data`: "mnist" (bundled), an MNIST IDX folder, a cifar-10-batches-py folder, or
     an image folder (PATH/<class>/*, or PATH/train/<class> with PATH/valid|test/<class>)."""
     from . import data
@@ -72,15 +74,15 @@ def detect_data(spec: str, valid_pct: float, seed: int, size=None) -> DataSpec:
         return _with_valid("cifar10", data.CIFAR10(spec, train=True),
                            data.CIFAR10(spec, train=False), valid_pct, seed)
     if kind == "split folder":
-        train = data.ImageFolder(os.path.join(spec, "train"), size=size)
-        other = data.ImageFolder(os.path.join(spec, held_out), size=size)
+        train = data.ImageFolder(os.path.join(spec, "train"), size=size, crop=crop)
+        other = data.ImageFolder(os.path.join(spec, held_out), size=size, crop=crop)
         if other.classes != train.classes:
             raise UsageError(f"--data {spec}: train/ has classes {train.classes} but "
                              f"{held_out}/ has {other.classes}")
         if held_out == "test":
             return _with_valid("folder", train, other, valid_pct, seed)
         return DataSpec("folder", train, other, None, train.classes)
-    folder = data.ImageFolder(spec, size=size)
+    folder = data.ImageFolder(spec, size=size, crop=crop)
     train, valid = data.split(folder, valid_pct=valid_pct or 0.2, seed=seed)
     return DataSpec("folder", train, valid, None, folder.classes)
 
@@ -108,7 +110,7 @@ def _data_kind(spec: str):
     return "folder", None
 
 
-def detect_eval_data(spec: str, size=None):
+def detect_eval_data(spec: str, size=None, crop=False):
     """What `evaluate --data` scores -> (dataset, kind, what it is), decoding only that split:
     the test split of MNIST or CIFAR-10, PATH/valid or PATH/test of a split folder, and every
     image of a plain class folder (nothing was held out of it for a model to have been tuned on;
@@ -124,8 +126,8 @@ def detect_eval_data(spec: str, size=None):
         return data.CIFAR10(spec, train=False), kind, f"the test split of {spec}"
     if kind == "split folder":
         path = os.path.join(spec, held_out)
-        return data.ImageFolder(path, size=size), "folder", path
-    return data.ImageFolder(spec, size=size), "folder", f"every image of {spec}"
+        return data.ImageFolder(path, size=size, crop=crop), "folder", path
+    return data.ImageFolder(spec, size=size, crop=crop), "folder", f"every image of {spec}"
 
 
 def _with_valid(kind, train, test, valid_pct, seed) -> DataSpec:
@@ -609,7 +611,8 @@ def cmd_evaluate(args) -> int:
     from .learner import Learner
 
     model, meta = _load_model(args.model)
-    eval_ds, kind, what = detect_eval_data(args.data, size=args.size)
+    eval_ds, kind, what = detect_eval_data(args.data, size=args.size,   # as in training:
+                                           crop=args.crop or bool(meta.get("crop")))
     classes = meta.get("classes") or eval_ds.classes
     if list(classes) != list(eval_ds.classes):
         raise UsageError(f"{args.model} was trained on classes {classes}, --data {args.data} "
@@ -807,6 +810,8 @@ def _data_args(p, data_default="mnist"):
                         "cifar-10-batches-py folder (default: %(default)s)")
     p.add_argument("--size", type=int_at_least(1), default=None,
                    help="resize the images of an image folder to SIZE x SIZE")
+    p.add_argument("--crop", action="store_true",
+                   help="with --size: keep the aspect, resizing the centre square (photos)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--limit", type=int_at_least(1), default=None,

@@ -11,9 +11,11 @@ lesson 1) to a world-class classifier of your own photos, starting from an Image
     7. lr_find again on the whole net: its valley, kept within [lr/10, lr]
     8. train everything, --cycles SGDR cycles with cycle_mult=2 (1 + 2 + 4 epochs for 3)
 
-then test-time augmentation. The validation accuracy is printed after every step; the model
-(tc.load-able, with classes and normalisation) goes to --out like any `tinyconv train` run, so
-`tinyconv evaluate` and `tinyconv predict` work on it.
+then test-time augmentation. Image folders are read at --size (default 224) keeping the aspect
+(the centre square, resized: `ImageFolder(crop=True)`). The validation accuracy is printed
+after every step; the model (tc.load-able, with classes, normalisation and crop=True) goes to
+--out like any `tinyconv train` run, so `tinyconv evaluate` (which then crops too) and
+`tinyconv predict` work on it.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def cmd_train_transfer(args) -> int:
     started, out = time.time(), _out_dir(args.out)
     if args.size is None:
         args.size = DEFAULT_SIZE
+    args.crop = True            # photos keep their aspect: the centre square (fastai 0.7's crop)
     ds = load_data(args, args.valid_pct)
     image_shape = ds.train.images.shape[1:]
     if image_shape[2] != 3 or min(image_shape[:2]) < 32:
@@ -136,7 +139,8 @@ def cmd_train_transfer(args) -> int:
         print(f"TTA ({args.tta or 'aug'}): valid accuracy {metrics['valid_accuracy_tta']:.4f}")
     stats = learn.image_dls[0].mean, learn.image_dls[0].std
     model_path = tc.save(learn.net, os.path.join(out, "model.npz"), classes=ds.classes,
-                         mean=list(stats[0]), std=list(stats[1]), image_shape=list(image_shape))
+                         mean=list(stats[0]), std=list(stats[1]), image_shape=list(image_shape),
+                         crop=True)
     metrics.update(model=model_path, seconds=round(time.time() - started, 1),
                    options={k: v for k, v in vars(args).items() if k != "func"})
     _write_json(os.path.join(out, "metrics.json"), metrics)

@@ -19,10 +19,16 @@ an array, and what each wrapper accepts:
 - bytes in protocol 2: `_codecs.encode(text, 'latin1')`, and `bytes()` for b''.
 
 Every array is a fresh C-contiguous copy of bytes the pickle itself holds, and its declared size is
-checked against those bytes before anything is allocated.
+checked against those bytes before anything is allocated. Memory stays bounded by the file: all the
+arrays of one load together may not exceed the pickle's size (a memoised 30 MB string referenced a
+thousand times must not become a thousand arrays), and memo indices are checked before loading
+(CPython's unpickler grows its memo table to the largest index a PUT names: 9 KB asking for
+index 190,000,000 would take 1.5 GB).
 """
+import contextvars
 import io
 import pickle
+import pickletools
 
 import numpy as np
 
@@ -93,6 +99,10 @@ def _raw_bytes(raw, where):
                             f"got {_short(raw)}")
 
 
+# bytes the arrays of the current load() may still allocate: the pickle's size, set by load()
+_BUDGET = contextvars.ContextVar("safe_pickle_budget", default=0)
+
+
 def _fresh_array(raw, dtype, shape, fortran, where):
     """A new C-contiguous array of `shape` copied out of `raw`, whose size must match exactly."""
     count = 1
@@ -102,6 +112,11 @@ def _fresh_array(raw, dtype, shape, fortran, where):
         raise UnsafePickleError(f"{where}: array declares shape {shape} of {dtype} "
                                 f"({count * dtype.itemsize} bytes) but the pickle holds "
                                 f"{len(raw)} bytes")
+    left = _BUDGET.get() - len(raw)
+    if left < 0:
+        raise UnsafePickleError(f"{where}: the arrays built so far exceed the size of the pickle "
+                                f"(its data is referenced more than once)")
+    _BUDGET.set(left)
     flat = np.frombuffer(raw, dtype) if raw else np.empty(0, dtype)
     return np.array(flat.reshape(shape, order="F" if fortran else "C"), order="C", copy=True)
 
@@ -248,4 +263,28 @@ def load(data):
     Raises UnsafePickleError for anything outside the allowed globals and array forms; a corrupt
     stream raises what pickle raises (UnpicklingError, EOFError, ...).
     """
-    return _resolve(RestrictedUnpickler(io.BytesIO(data)).load())
+    _check_memo_indices(data)
+    token = _BUDGET.set(len(data))
+    try:
+        return _resolve(RestrictedUnpickler(io.BytesIO(data)).load())
+    finally:
+        _BUDGET.reset(token)
+
+
+_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _check_memo_indices(data):
+    """Refuse a PUT whose memo index exceeds the pickle's length (no real pickle memoises more
+    objects than it has bytes), before CPython's unpickler sizes its memo table by it."""
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in _PUTS and not 0 <= int(arg) <= len(data):
+                raise UnsafePickleError(f"refusing memo index {arg} in a pickle of {len(data)} "
+                                        f"bytes")
+            if opcode.name == "STOP":
+                return
+    except UnsafePickleError:
+        raise
+    except Exception as e:        # genops is a pure-Python reader: it fails where load would
+        raise pickle.UnpicklingError(f"{type(e).__name__}: {e}") from None
