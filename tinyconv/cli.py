@@ -22,13 +22,15 @@ import numpy as np
 
 from .cli_types import finite_float, int_at_least
 from .augment import TTA_MODES
+from .cli_recipe import RECIPES
+from .learner import POLICIES
 
 __all__ = ["main", "build_parser", "UsageError"]
 
-POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant")
 AUGS = ("auto", "none", "shift", "basic", "side_on", "top_down", "cifar")
 ARCHS = ("auto", "mnist_cnn", "resnet9", "resnet18", "resnet34", "resnet50")
 PLOT_MAX_POINTS = 1_000_000   # plot-schedule evaluates the schedule once per batch
+TRAIN_EPOCHS, BATCH_SIZE = 8, 64   # train's defaults (a --recipe brings its own)
 
 
 class UsageError(Exception):
@@ -263,6 +265,11 @@ def cmd_train(args) -> int:
     import tinyconv as tc
     from . import plot
 
+    if args.recipe is not None:                        # a published run, start to end
+        from .cli_recipe import cmd_train_recipe
+        return cmd_train_recipe(args)
+    args.epochs = TRAIN_EPOCHS if args.epochs is None else args.epochs
+    args.batch_size = BATCH_SIZE if args.batch_size is None else args.batch_size
     if args.arch in ("resnet18", "resnet34", "resnet50") or args.weights is not None or \
             args.precompute:
         from .cli_transfer import cmd_train_transfer   # fast.ai's eight transfer steps
@@ -466,17 +473,8 @@ def policy_kwargs(args, lr: float, n_iter: int) -> dict:
 
 
 def _fit(args, learn, lr: float, start_epoch: int = 0) -> None:
-    kw = {**policy_kwargs(args, lr, len(learn.train_dl)), "start_epoch": start_epoch}
-    if args.policy == "one_cycle":
-        learn.fit_one_cycle(args.epochs, **kw)
-    elif args.policy == "sgdr":
-        learn.fit_sgdr(**kw)
-    elif args.policy == "cyclic":
-        learn.fit_cyclic(args.epochs, **kw)
-    elif args.policy == "flat_cos":
-        learn.fit_flat_cos(args.epochs, **kw)
-    else:
-        learn.fit(args.epochs, **kw)
+    learn.fit_policy(args.policy, args.epochs, start_epoch=start_epoch,
+                     **policy_kwargs(args, lr, len(learn.train_dl)))
 
 
 def make_loaders(train, valid, batch_size, transform, seed):
@@ -804,7 +802,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _data_args(p, data_default="mnist"):
+def _data_args(p, data_default="mnist", batch_size=BATCH_SIZE):
     p.add_argument("--data", default=data_default,
                    help="mnist (bundled), an image folder, an MNIST IDX folder or a "
                         "cifar-10-batches-py folder (default: %(default)s)")
@@ -813,7 +811,7 @@ def _data_args(p, data_default="mnist"):
     p.add_argument("--crop", action="store_true",
                    help="with --size: keep the aspect, resizing the centre square (photos)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--batch-size", type=int_at_least(1), default=64)
+    p.add_argument("--batch-size", type=int_at_least(1), default=batch_size)
     p.add_argument("--limit", type=int_at_least(1), default=None,
                    help="train on a seeded random subset of LIMIT training images (quick runs)")
 
@@ -852,9 +850,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model (default: mnist_cnn on the bundled MNIST)")
-    _data_args(p)
+    _data_args(p, batch_size=None)                     # None: BATCH_SIZE, or the recipe's
     _model_args(p)
-    p.add_argument("--epochs", type=int_at_least(1), default=8)
+    p.add_argument("--epochs", type=int_at_least(1), default=None,
+                   help=f"default {TRAIN_EPOCHS}, or the recipe's")
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="airbench94: Jordan's CIFAR-10 speed run (its net, schedule, lookahead, "
+                        "augmentation and 6-view TTA; tinyconv.recipes), 32x32 colour images")
     p.add_argument("--lr", type=_lr_arg, default="auto",
                    help="a learning rate; auto: the LR finder's lowest-loss lr; valley, slide, "
                         "minimum or steep: that LR-finder suggestion (default: %(default)s)")

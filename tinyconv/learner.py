@@ -548,21 +548,21 @@ class Learner:
                          pct_start=pct_start, start=start, end=end)
 
     def fit_policy(self, name: str, n_epoch: int, lr=None, **kwargs):
-        """Train with the policy called `name` (one of POLICIES): the method fit_<name> (or fit
-        for "constant"), e.g. fit_policy("one_cycle", 5, 0.1, pct_start=0.3). For "sgdr",
-        n_epoch is the number of cycles; kwargs are those of the method."""
+        """Train with the policy called `name` (one of POLICIES) through its method fit_<name>
+        (fit for "constant"): fit_policy("one_cycle", 5, 0.1, pct_start=0.3) is
+        fit_one_cycle(5, 0.1, pct_start=0.3). lr is the policy's peak lr (lr_max, lr, or
+        cyclic's max_lr); for "sgdr" n_epoch is the number of cycles unless n_cycles is given."""
         if name not in POLICIES:
             raise ValueError(f"fit_policy: unknown policy {name!r}; known: {', '.join(POLICIES)}")
-        if name == "constant":
-            return self.fit(n_epoch, lr, **kwargs)
         if name == "sgdr":
-            return self.fit_sgdr(n_epoch, kwargs.pop("cycle_len", 1), lr, **kwargs)
-        if name == "cyclic":
+            n_cycles = kwargs.pop("n_cycles", n_epoch)
             if lr is not None:
-                kwargs.setdefault("max_lr", lr)
-            return self.fit_cyclic(n_epoch, **kwargs)
-        lr_name = "lr_max" if name == "one_cycle" else "lr"
-        return getattr(self, f"fit_{name}")(n_epoch, **{lr_name: lr}, **kwargs)
+                kwargs["lr_max"] = lr
+            return self.fit_sgdr(n_cycles, kwargs.pop("cycle_len", 1), **kwargs)
+        if lr is not None:
+            kwargs[{"one_cycle": "lr_max", "cyclic": "max_lr"}.get(name, "lr")] = lr
+        method = self.fit if name == "constant" else getattr(self, f"fit_{name}")
+        return method(n_epoch, **kwargs)
 
     # ---- LR finder -----------------------------------------------------------------------------
     def _generators(self) -> list:

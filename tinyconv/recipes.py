@@ -63,6 +63,7 @@ class AirBenchHyper:
     translate: int = 2
     flip: str | None = "alternating"
     lookahead_every: int = 5         # 0: no lookahead; decay 0.95**5 * pos**3 (airbench's)
+    lookahead_start_epoch: int = 3   # the average starts here; the net becomes it every epoch
 
     def step_sizes(self) -> tuple[float, float]:
         """(lr, weight_decay) for tinyconv's SGD on a mean loss."""
@@ -107,7 +108,7 @@ def fit_airbench94(learn: Learner, epochs: int | None = None, cbs=None) -> None:
     epochs = hyper.epochs if epochs is None else epochs
     extra = [WhiteningBiasFreeze(learn.model[0].bias, hyper.whiten_bias_epochs)]
     if hyper.lookahead_every:
-        # airbench never resets the net at an epoch's end; only the end of training does
-        extra.append(Lookahead(every=hyper.lookahead_every, sync_each_epoch=False))
+        extra.append(Lookahead(every=hyper.lookahead_every,
+                               start_epoch=hyper.lookahead_start_epoch))
     extra += list(cbs) if isinstance(cbs, (list, tuple)) else ([cbs] if cbs else [])
     learn.fit_airbench(epochs, hyper.step_sizes()[0], cbs=extra)
