@@ -408,3 +408,30 @@ def test_tinyconv_s_own_pt_and_safetensors_files_read_back(tmp_path, writer, nam
     getattr(tc, writer)(net, tmp_path / name)
     back = load_state_dict_file(models.resnet18(num_classes=5), tmp_path / name).state_dict()
     assert all(np.array_equal(v, back[k]) for k, v in net.state_dict().items())
+
+
+@needs_torch
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet34", "resnet50"])
+def test_torch_save_resnet34_and_50_give_torch_s_logits_and_gradients(tmp_path, arch):
+    """float32 logits; gradients in float64: in float32, training-mode batch norm over the 8
+    values per channel that layer4 has here (batch 2, 2x2) leaves ResNet-50's gradients to ~1%
+    of rounding noise in either framework (float64: equal to 1e-13)."""
+    from torch_resnets import resnet
+    theirs = resnet(arch, 10)
+    torch.save(theirs.state_dict(), tmp_path / f"{arch}.pth")
+    ours = getattr(models, arch)(num_classes=10, weights=tmp_path / f"{arch}.pth")
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64))
+    theirs.eval(), ours.eval()
+    with torch.no_grad(), tc.no_grad():
+        np.testing.assert_allclose(ours(tc.Tensor(x.astype(np.float32))).data,
+                                   theirs(torch.from_numpy(x.astype(np.float32))).numpy(),
+                                   atol=1e-4, rtol=1e-4)
+    ours.astype(np.float64).train(), theirs.double().train()
+    y = np.array([1, 7])
+    torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+    tc.nn.functional.cross_entropy(ours(tc.Tensor(x)), tc.Tensor(y)).backward()
+    t_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, t_params[name].grad.numpy(), rtol=1e-7,
+                                   atol=1e-10, err_msg=name)
