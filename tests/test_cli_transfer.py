@@ -63,6 +63,16 @@ def test_evaluate_and_predict_work_on_the_result(recipe_run, photos, capsys):
                          "--resize")
     assert code == 0, err
     assert out.startswith(str(photos / "owls" / "0.png"))
+    # predict sees the photo as training did: the centre square, resized
+    model = tc.load(recipe_run / "model.npz")
+    with Image.open(photos / "owls" / "0.png") as im:
+        x = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR, box=(6, 0, 46, 40)),
+                       np.float32) / 255.0
+    x = ((x - model.meta["mean"]) / model.meta["std"]).transpose(2, 0, 1)[None]
+    with tc.no_grad():
+        p = tc.nn.functional.softmax(model(tc.Tensor(x.astype(np.float32))), dim=-1).data[0]
+    top = int(p.argmax())
+    assert f": {model.meta['classes'][top]} {p[top]:.3f}" in out
 
 
 def test_weights_without_a_file_says_how_to_get_one(photos, capsys):

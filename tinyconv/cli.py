@@ -655,6 +655,7 @@ def _check_image_shape(meta, shape, model_path, where) -> None:
 
 def cmd_predict(args) -> int:
     from PIL import Image, UnidentifiedImageError
+    from .data.datasets import _centre_box
     from .autograd import no_grad
     from .tensor import Tensor
 
@@ -672,7 +673,9 @@ def cmd_predict(args) -> int:
                     if not args.resize:
                         raise UsageError(f"{path}: image is {im.size[1]}x{im.size[0]}, the model "
                                          f"takes {H}x{W} (pass --resize to resize it)")
-                    im = im.resize((W, H), Image.BILINEAR)
+                    # a model trained on centre squares (--crop) sees its photos the same way
+                    box = _centre_box(*im.size, (H, W)) if meta.get("crop") else None
+                    im = im.resize((W, H), Image.BILINEAR, box=box)
                 x = np.asarray(im, dtype=np.float32).reshape(im.size[1], im.size[0], -1) / 255.0
         except (UnidentifiedImageError, OSError) as error:
             raise UsageError(f"{path}: not a readable image ({error})") from None
