@@ -1,11 +1,15 @@
-"""One training step, tinyconv against PyTorch (CPU), on the three reference nets.
+"""One training step, tinyconv against PyTorch (CPU), on the three reference nets and airbench94.
 
-    python benchmarks/bench_train_step.py                       # all three nets, 3 rounds each
+    python benchmarks/bench_train_step.py                       # all four nets, 3 rounds each
+    python benchmarks/bench_train_step.py --nets airbench94 --rounds 2   # batch 1024
+    python benchmarks/bench_train_step.py --ops airbench94      # its layers, one by one
     python benchmarks/bench_train_step.py --nets mnist_cnn --rounds 5 --steps 20
     python benchmarks/bench_train_step.py --profile resnet9_half   # where tinyconv's time goes
 
-The step (REFERENCE.md): batch 128, float32, BatchNorm in train mode, zero_grad + forward + mean
-cross-entropy + backward + SGD(lr 0.01, momentum 0.9, weight_decay 5e-4), 2 threads.
+The step (REFERENCE.md): batch 128 (airbench94: 1024, its training batch), float32, BatchNorm in
+train mode, zero_grad + forward + mean cross-entropy + backward + SGD(lr 0.01, momentum 0.9,
+weight_decay 5e-4), 2 threads. The last column is tinyconv's effective GFLOP/s (3x the forward
+FLOPs per image).
 
 Each measurement runs in a fresh process (`--worker`), tinyconv and torch alternated round by round
 so that both see the same background load, and reports the median step time after warm-up steps
@@ -30,15 +34,26 @@ NETS = {                          # name -> (builder arguments, input shape of o
     "mnist_cnn": ({}, (1, 28, 28)),
     "resnet9_half": ({"width": 32}, (3, 32, 32)),
     "resnet9": ({"width": 64}, (3, 32, 32)),
+    "airbench94": ({}, (3, 32, 32)),
 }
 BATCH = 128
+BATCHES = {"airbench94": 1024}    # airbench's batch; the others use BATCH
+GFLOP_FORWARD = {"mnist_cnn": 0.00848, "resnet9_half": 0.1905, "resnet9": 0.7585,
+                 "airbench94": 0.236}   # per image (REFERENCE.md; airbench94: its paper)
 
 
-def _batch(shape, seed=0):
+def _build(module, net_name):
+    """The net called net_name from `module` (tinyconv.models or tests/torch_nets)."""
+    args, _ = NETS[net_name]
+    builder = {"resnet9_half": "resnet9"}.get(net_name, net_name)
+    return getattr(module, builder)(**args)
+
+
+def _batch(shape, seed=0, batch=BATCH):
     import numpy as np
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((BATCH, *shape)).astype(np.float32)
-    y = rng.integers(0, 10, size=BATCH).astype(np.int64)
+    x = rng.standard_normal((batch, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, size=batch).astype(np.int64)
     return x, y
 
 
@@ -50,10 +65,9 @@ def _tinyconv_step(net_name):
     from tinyconv import models
     from tinyconv.nn import functional as F
     from tinyconv.optim import SGD
-    args, shape = NETS[net_name]
-    model = models.mnist_cnn() if net_name == "mnist_cnn" else models.resnet9(**args)
+    model = _build(models, net_name)
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x_np, y = _batch(shape)
+    x_np, y = _batch(NETS[net_name][1], batch=BATCHES.get(net_name, BATCH))
     x = tc.Tensor(x_np)
 
     def step():
@@ -69,10 +83,10 @@ def _torch_step(net_name):
     import torch
     sys.path.insert(0, str(ROOT / "tests"))
     import torch_nets                                 # the same nets, written in PyTorch
-    args, shape = NETS[net_name]
-    model = torch_nets.mnist_cnn() if net_name == "mnist_cnn" else torch_nets.resnet9(**args)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x_np, y_np = _batch(shape)
+    model = _build(torch_nets, net_name)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01,
+                          momentum=0.9, weight_decay=5e-4)
+    x_np, y_np = _batch(NETS[net_name][1], batch=BATCHES.get(net_name, BATCH))
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     model.train()
 
@@ -149,7 +163,8 @@ def profile(net_name, steps, warmup):
     total = (time.perf_counter() - start) / steps
     rows = sorted(((v / steps, k) for k, v in totals.items()), reverse=True)
     accounted = sum(t for t, _ in rows)
-    print(f"{net_name}: {total * 1e3:.1f} ms per step ({BATCH / total:.0f} img/s), "
+    print(f"{net_name}: {total * 1e3:.1f} ms per step "
+          f"({BATCHES.get(net_name, BATCH) / total:.0f} img/s), "
           f"mean of {steps} steps")
     for t, k in rows:
         if t >= 0.0005 * total:
@@ -211,7 +226,8 @@ def compare_ops(net_name, threads):
         if out.returncode != 0:
             raise RuntimeError(f"{framework} ops worker failed:\n{out.stderr}")
         rows[framework] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{net_name}, batch {BATCH}: best of 5 calls, ms (ratio = tinyconv / torch)")
+    print(f"{net_name}, batch {BATCHES.get(net_name, BATCH)}: best of 5 calls, ms "
+          f"(ratio = tinyconv / torch)")
     print(f"{'layer':<34}{'input':>20}{'fwd tc':>9}{'torch':>8}{'ratio':>7}"
           f"{'bwd tc':>9}{'torch':>8}{'ratio':>7}")
     for (label, in_shape, f_tc, b_tc), (_, _, f_t, b_t) in zip(rows["tinyconv"], rows["torch"]):
@@ -226,15 +242,16 @@ def ops_worker(framework, net_name, threads, reps=5):
     import tinyconv as tc
     from tinyconv import models
     args, shape = NETS[net_name]
-    model = models.mnist_cnn() if net_name == "mnist_cnn" else models.resnet9(**args)
-    calls = _leaf_calls(model, tc.Tensor(_batch(shape)[0]))   # the shapes, from tinyconv
+    model = _build(models, net_name)
+    batch = BATCHES.get(net_name, BATCH)
+    calls = _leaf_calls(model, tc.Tensor(_batch(shape, batch=batch)[0]))   # shapes, from tinyconv
     if framework == "torch":
         import torch
         torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
     for module, in_shape in calls:
-        if type(module).__name__ == "Flatten":
+        if type(module).__name__ in ("Flatten", "Scale"):
             continue
         x = rng.standard_normal(in_shape).astype(np.float32)
         if framework == "torch":
@@ -256,6 +273,8 @@ def _torch_twin(torch, module):
                           bias=module.bias is not None)
     elif kind == "BatchNorm2d":
         twin = tnn.BatchNorm2d(module.num_features)
+    elif kind == "GELU":
+        twin = tnn.GELU()
     elif kind == "Linear":
         twin = tnn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
     elif kind == "MaxPool2d":
@@ -304,7 +323,7 @@ def main(argv=None):
     parser.add_argument("--profile-torch", metavar="NET", help="per-op breakdown of torch's step")
     parser.add_argument("--ops", metavar="NET", help="each layer of NET, tinyconv vs torch")
     args = parser.parse_args(argv)
-    default_steps = {"mnist_cnn": 30, "resnet9_half": 10, "resnet9": 5}
+    default_steps = {"mnist_cnn": 30, "resnet9_half": 10, "resnet9": 5, "airbench94": 4}
     if args.worker:
         worker(args.worker, args.nets, args.steps or default_steps[args.nets], args.warmup,
                args.threads)
@@ -323,11 +342,12 @@ def main(argv=None):
         os.environ.setdefault("TINYCONV_NUM_THREADS", str(args.threads))
         profile(args.profile, args.steps or default_steps[args.profile], args.warmup)
         return
-    print(f"training step, batch {BATCH}, float32, {args.threads} threads; median step time of "
+    print(f"training step, batch {BATCH} ({', '.join(f'{k} {v}' for k, v in BATCHES.items())}), "
+          f"float32, {args.threads} threads; median step time of "
           f"the best of {args.rounds} rounds; largest peak RSS of a process; load average "
           f"{os.getloadavg()[0]:.2f} at the start (other processes skew the timings)")
     print(f"{'net':<14}{'tinyconv img/s':>15}{'torch img/s':>13}{'time ratio':>12}"
-          f"{'tc MB':>8}{'torch MB':>10}{'mem ratio':>11}")
+          f"{'tc MB':>8}{'torch MB':>10}{'mem ratio':>11}{'tc GFLOP/s':>12}")
     for net in args.nets.split(","):
         steps = args.steps or default_steps[net]
         step_time = {"tinyconv": float("inf"), "torch": float("inf")}
@@ -338,9 +358,11 @@ def main(argv=None):
                 step_time[framework] = min(step_time[framework], r["median"])
                 peak[framework] = max(peak[framework], r["peak_mb"])
         ours, theirs = step_time["tinyconv"], step_time["torch"]
-        print(f"{net:<14}{BATCH / ours:>15.0f}{BATCH / theirs:>13.0f}{ours / theirs:>12.2f}"
+        batch = BATCHES.get(net, BATCH)
+        gflops = 3 * GFLOP_FORWARD[net] * batch / ours          # a step is ~3x a forward pass
+        print(f"{net:<14}{batch / ours:>15.0f}{batch / theirs:>13.0f}{ours / theirs:>12.2f}"
               f"{peak['tinyconv']:>8.0f}{peak['torch']:>10.0f}"
-              f"{peak['tinyconv'] / peak['torch']:>11.2f}", flush=True)
+              f"{peak['tinyconv'] / peak['torch']:>11.2f}{gflops:>12.0f}", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 

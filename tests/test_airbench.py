@@ -148,3 +148,72 @@ def test_airbench94_matches_a_torch_twin_forward_and_backward():
     for name, buf in model.named_buffers():                 # BN momentum 0.4 in torch's sense
         np.testing.assert_allclose(buf.data, twin.state_dict()[name].numpy(), rtol=1e-4,
                                    atol=1e-5, err_msg=name)
+
+
+def _write_cifar_like_folder(root, n=40, classes=("a", "b")):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            image[..., k] = 255                                   # a colour per class
+            Image.fromarray(image).save(root / c / f"{i}.png")
+
+
+def test_cli_recipe_trains_saves_and_scores_with_shift_tta(tmp_path, capsys):
+    import json
+
+    from tinyconv.cli import main
+    _write_cifar_like_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "data"), "--recipe", "airbench94",
+                 "--valid-pct", "0.25", "--epochs", "2", "--batch-size", "16", "--quiet",
+                 "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == "airbench94" and metrics["tta"] == "shift"
+    assert metrics["hyper"]["epochs"] == 2 and metrics["hyper"]["batch_size"] == 16
+    assert metrics["n_train"] == 60 and 0 <= metrics["valid_accuracy_tta"] <= 1
+    assert {"model.npz", "losses.png", "schedule.png", "confusion.png"} <= set(
+        p.name for p in out.iterdir())
+    model = tc.load(str(out / "model.npz"))
+    assert type(model).__name__ == "AirBench94"
+
+
+def test_cli_recipe_refuses_images_that_are_not_32x32_colour_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    from tinyconv.cli import main
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / c / f"{i}.png")
+    code = main(["train", "--data", str(tmp_path), "--recipe", "airbench94", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "32x32" in err and "Traceback" not in err
+
+
+def test_ablation_switches_change_what_they_name():
+    train = _tiny_data(64)
+    plain = recipes.airbench94_learner(train, None, batch_size=32, whiten_images=32, silent=True)
+    ablated = recipes.airbench94_learner(train, None, batch_size=32, whiten=False, dirac=False,
+                                         silent=True)
+    assert plain.model[0].weight.frozen and not ablated.model[0].weight.frozen
+    w = ablated.model[2].conv1.weight.data
+    assert not np.array_equal(w[0, :, 1, 1], np.eye(24, dtype=np.float32)[0])   # no identities
+    np.testing.assert_array_equal(plain.model[2].conv1.weight.data[0, :, 1, 1],
+                                  np.eye(24, dtype=np.float32)[0])
+
+
+def test_cli_recipe_with_valid_pct_0_trains_on_every_image_of_a_folder(tmp_path, capsys):
+    import json
+
+    from tinyconv.cli import main
+    _write_cifar_like_folder(tmp_path / "data", n=12)
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "data"), "--recipe", "airbench94",
+                 "--valid-pct", "0", "--epochs", "1", "--batch-size", "8", "--quiet",
+                 "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and metrics["n_train"] == 24 and "valid_accuracy" not in metrics

@@ -64,3 +64,11 @@ def test_pretrained_transfer_example_runs_offline_on_a_few_images():
     out = run_example("08_pretrained_transfer.py", "--data", CIFAR, "--pretrain-epochs", 1,
                       "--limit", 160, "--size", 32, "--batch-size", 32)
     assert out.count("accuracy") == 9        # pre-training, the eight steps (5 and 6 in one), TTA
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="needs the CIFAR-10 image folder")
+def test_airbench94_example_runs_on_a_few_images():
+    out = run_example("09_airbench94_cifar10.py", "--data", CIFAR, "--epochs", 1, "--limit", 512,
+                      "--batch-size", 128)
+    assert "with shift TTA" in out

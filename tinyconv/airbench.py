@@ -1,7 +1,7 @@
 """airbench94: Keller Jordan's CIFAR-10 speed-run net (cifar10-airbench; arXiv 2404.00498).
 
     (N, 3, 32, 32)
-    whiten   Conv2d(3, 24, 2) + bias, GELU        -> (N, 24, 31, 31)   frozen patch-whitening filters
+    whiten   Conv2d(3, 24, 2) + bias, GELU        -> (N, 24, 31, 31)   fixed whitening filters
     block1   ConvGroup(24, 64)                    -> (N, 64, 15, 15)
     block2   ConvGroup(64, 256)                   -> (N, 256, 7, 7)
     block3   ConvGroup(256, 256)                  -> (N, 256, 3, 3)
@@ -20,7 +20,8 @@ What each choice does (the paper's ablations; ours are in the README):
 - Pooling before batch norm: a ConvGroup pools right after its first conv, so the BN and GELU
   that follow work on a quarter of the pixels.
 - BatchNorm without a scale (weight=False): the next conv can scale, the BN only centres and
-  shifts; momentum 0.4 in torch's convention (airbench writes 0.6 for the old statistics), eps 1e-12.
+  shifts; momentum 0.4 in torch's convention (airbench writes 0.6 for the old statistics),
+  eps 1e-12.
 - Dirac init: each 3x3 conv's first C_in filters start as identities (init.dirac_), so a deep
   plain net starts close to a shallow one, as a residual net would.
 - Logit scale 1/9 and label smoothing 0.2 keep the soft-max from saturating early.
@@ -43,11 +44,12 @@ WHITEN_EPS = 5e-4            # airbench's: keeps the faintest of the 12 directio
 BN_MOMENTUM, BN_EPS = 0.4, 1e-12
 
 
-def _dirac_conv(c_in: int, c_out: int, rng=None) -> Conv2d:
-    """Conv2d(c_in, c_out, 3, padding 1, no bias), torch's default init, then its first
+def _dirac_conv(c_in: int, c_out: int, rng=None, dirac: bool = True) -> Conv2d:
+    """Conv2d(c_in, c_out, 3, padding 1, no bias), torch's default init, then (dirac) its first
     min(c_in, c_out) filters made identities."""
     conv = Conv2d(c_in, c_out, 3, padding=1, bias=False, rng=rng)
-    init.dirac_(conv.weight.data[:c_in])
+    if dirac:
+        init.dirac_(conv.weight.data[:c_in])
     return conv
 
 
@@ -55,12 +57,12 @@ class ConvGroup(Module):
     """conv1 -> pool -> norm1 -> activ -> conv2 -> norm2 -> activ:
     (N, c_in, H, W) -> (N, c_out, H // 2, W // 2). Names as airbench's (state_dict keys)."""
 
-    def __init__(self, c_in: int, c_out: int, rng=None):
+    def __init__(self, c_in: int, c_out: int, rng=None, dirac: bool = True):
         super().__init__()
-        self.conv1 = _dirac_conv(c_in, c_out, rng)
+        self.conv1 = _dirac_conv(c_in, c_out, rng, dirac)
         self.pool = MaxPool2d(2)
         self.norm1 = BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM, weight=False)
-        self.conv2 = _dirac_conv(c_out, c_out, rng)
+        self.conv2 = _dirac_conv(c_out, c_out, rng, dirac)
         self.norm2 = BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM, weight=False)
         self.activ = GELU()
 
@@ -74,17 +76,18 @@ class AirBench94(Sequential):
 
     widths: the channels of the three ConvGroups. Index 0 is the whitening conv: call
     `init_whitening(images)` before training (its weight is frozen from the start).
+    dirac=False keeps torch's random init in every 3x3 conv (for ablations).
     """
 
     arch_name = "airbench94"
 
     def __init__(self, num_classes: int = 10, widths=(64, 256, 256), logit_scale: float = 1 / 9,
-                 rng=None):
+                 rng=None, dirac: bool = True):
         w1, w2, w3 = (int(w) for w in widths)
         whiten = Conv2d(3, 24, 2, padding=0, bias=True, rng=rng)
         whiten.weight.frozen = True
-        super().__init__(whiten, GELU(),
-                         ConvGroup(24, w1, rng), ConvGroup(w1, w2, rng), ConvGroup(w2, w3, rng),
+        super().__init__(whiten, GELU(), ConvGroup(24, w1, rng, dirac),
+                         ConvGroup(w1, w2, rng, dirac), ConvGroup(w2, w3, rng, dirac),
                          MaxPool2d(3), Flatten(), Linear(w3, num_classes, bias=False, rng=rng),
                          Scale(logit_scale))
         self.arch_args = {"num_classes": num_classes, "widths": [w1, w2, w3],
@@ -96,6 +99,11 @@ class AirBench94(Sequential):
         init.patch_whitening_(self[0].weight, np.asarray(images, dtype=np.float32), eps=eps,
                               center=False)
         self[0].bias.data[...] = 0
+        return self
+
+    def unfreeze_stem(self) -> "AirBench94":
+        """Train the stem's weight too, from its random init (the no-whitening ablation)."""
+        self[0].weight.frozen = False
         return self
 
     def groups(self) -> list[Module]:

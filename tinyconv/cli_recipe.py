@@ -27,7 +27,7 @@ def cmd_train_recipe(args) -> int:
 
     started = time.time()
     out = _out_dir(args.out)
-    ds = load_data(args, args.valid_pct)
+    ds = load_data(args, args.valid_pct, hold_out=False)
     shape = ds.train.images.shape[1:]
     if shape != (32, 32, 3):
         raise UsageError(f"--recipe airbench94 trains on 32x32 colour images; {args.data} has "

@@ -60,8 +60,10 @@ class AirBenchHyper:
     label_smoothing: float = 0.2
     whiten_bias_epochs: int = 3
     whiten_images: int = 5000        # training images the whitening filters are measured on
+    whiten: bool = True              # False: a trained stem from torch's random init (ablation)
+    dirac: bool = True               # False: torch's random init in every 3x3 conv (ablation)
     translate: int = 2
-    flip: str | None = "alternating"
+    flip: str | None = "alternating"   # or "random" (a coin per image and epoch), None
     lookahead_every: int = 5         # 0: no lookahead; decay 0.95**5 * pos**3 (airbench's)
     lookahead_start_epoch: int = 3   # the average starts here; the net becomes it every epoch
 
@@ -86,11 +88,16 @@ def airbench94_learner(train, valid=None, *, hyper: AirBenchHyper | None = None,
     transform = A.airbench_transforms(translate=hyper.translate, flip=hyper.flip)
     train_dl, valid_dl = loaders(train, valid, hyper.batch_size, transform, seed=seed,
                                  valid_batch_size=hyper.batch_size)
-    model = AirBench94(num_classes=len(train.classes), rng=np.random.default_rng(seed))
-    pick = np.random.default_rng(seed).choice(len(train.images),
-                                              min(hyper.whiten_images, len(train.images)),
-                                              replace=False)
-    model.init_whitening(A.normalize(train.images[np.sort(pick)], train_dl.mean, train_dl.std))
+    model = AirBench94(num_classes=len(train.classes), rng=np.random.default_rng(seed),
+                       dirac=hyper.dirac)
+    if hyper.whiten:
+        pick = np.random.default_rng(seed).choice(len(train.images),
+                                                  min(hyper.whiten_images, len(train.images)),
+                                                  replace=False)
+        model.init_whitening(A.normalize(train.images[np.sort(pick)], train_dl.mean,
+                                         train_dl.std))
+    else:
+        model.unfreeze_stem()
     lr, wd = hyper.step_sizes()
     learn = Learner(model, train_dl, valid_dl, metrics=[accuracy], seed=seed, lr=lr, wd=wd,
                     opt_func=partial(SGD, momentum=hyper.momentum, nesterov=True),
