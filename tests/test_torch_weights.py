@@ -273,10 +273,33 @@ def test_safetensors_bad_offsets_and_truncation_are_clear_errors(tmp_path):
         read_state_dict_file(path)
 
 
+def _legacy_head() -> bytes:
+    """The three pickles that open a legacy torch.save file: magic, protocol, system info."""
+    info = {"protocol_version": 1001, "little_endian": True,
+            "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    return b"".join(pickle.dumps(v, protocol=2) for v in (0x1950A86A20F9469CFC6C, 1001, info))
+
+
+def test_legacy_format_code_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "old_evil.pth"
+    path.write_bytes(_legacy_head() + pickle.dumps(
+        {"w": _Evil(os.system, (f"touch {marker}",))}, protocol=2, fix_imports=False))
+    with pytest.raises(WeightFileError, match=r"old_evil\.pth: refused to load the global "
+                                              r"posix\.system"):
+        read_state_dict_file(path)
+    assert not marker.exists()
+
+
 def test_legacy_and_unknown_formats_are_named(tmp_path):
     legacy = tmp_path / "old.pth"
-    legacy.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")
-    with pytest.raises(WeightFileError, match=r"old\.pth: .*legacy \(pre-1\.6\) format"):
+    legacy.write_bytes(_legacy_head()[:30])
+    with pytest.raises(WeightFileError, match=r"old\.pth: not a readable legacy torch.save file: "
+                                              r"truncated"):
+        read_state_dict_file(legacy)
+    legacy.write_bytes(pickle.dumps(12345, protocol=2))
+    with pytest.raises(WeightFileError, match=r"old\.pth: not a torch.save file \(its first "
+                                              r"pickle is not torch's magic number\)"):
         read_state_dict_file(legacy)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"hello world")
@@ -435,3 +458,26 @@ def test_torch_save_resnet34_and_50_give_torch_s_logits_and_gradients(tmp_path, 
     for name, p in ours.named_parameters():
         np.testing.assert_allclose(p.grad, t_params[name].grad.numpy(), rtol=1e-7,
                                    atol=1e-10, err_msg=name)
+
+
+@needs_torch
+def test_torch_legacy_format_reads_dtypes_views_and_a_resnet18(tmp_path):
+    base = torch.randn(30)
+    state = {"half": torch.randn(3, 4).half(), "bf16": torch.randn(5).bfloat16(),
+             "view": base[4:16].view(3, 4).t(), "long": torch.tensor(7),
+             "param": torch.nn.Parameter(torch.randn(2, 2))}
+    torch.save(state, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    got = read_state_dict_file(tmp_path / "old.pth")
+    for k, t in state.items():
+        want = t.detach().float().numpy() if t.is_floating_point() else t.numpy()
+        assert got[k].dtype == want.dtype and got[k].shape == want.shape
+        np.testing.assert_array_equal(got[k], want)
+    theirs = _torch_resnet18()
+    torch.save(theirs.state_dict(), tmp_path / "r18_old.pth", _use_new_zipfile_serialization=False)
+    _compare_logits_and_grads(models.resnet18(num_classes=10, weights=tmp_path / "r18_old.pth"),
+                              theirs)
+    data = (tmp_path / "r18_old.pth").read_bytes()
+    for cut in (len(data) // 2, len(data) - 100):
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        with pytest.raises(WeightFileError, match=r"cut\.pth: .*(truncated|ends before)"):
+            read_state_dict_file(tmp_path / "cut.pth")

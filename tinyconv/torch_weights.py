@@ -5,7 +5,8 @@
     state = read_state_dict_file(path)                          # name -> np.ndarray
 
 The format is told by the first bytes, not by the name: "PK\\x03\\x04" is a zip (torch.save's, or
-a tinyconv .npz), an 8-byte length followed by "{" is a safetensors file.
+a tinyconv .npz), a bare pickle is torch.save's legacy format (before PyTorch 1.6: the 2017-2019
+model-zoo files, read_torch_legacy), an 8-byte length followed by "{" is a safetensors file.
 
 torch.save's zip (PyTorch >= 1.6) holds
     <name>/data.pkl      a pickle of the state_dict, every tensor written as a call
@@ -33,6 +34,7 @@ float64 are read as float32; integer tensors (num_batches_tracked) keep their ty
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -45,8 +47,8 @@ import numpy as np
 
 from .nn.module import Module, StateDictError
 
-__all__ = ["load_state_dict_file", "read_state_dict_file", "read_torch_zip", "read_safetensors",
-           "WeightFileError", "ALLOWED_GLOBALS"]
+__all__ = ["load_state_dict_file", "read_state_dict_file", "read_torch_zip", "read_torch_legacy",
+           "read_safetensors", "WeightFileError", "ALLOWED_GLOBALS"]
 
 
 class WeightFileError(ValueError):
@@ -97,10 +99,18 @@ class _StorageType:
 
 
 class _Storage:
-    """One storage read from the zip: a flat array of its dtype (values as stored)."""
+    """One storage: a flat array of its dtype (values as stored). In the legacy format the bytes
+    come after the pickle, so `raw` is None until they are read (numel says how many)."""
 
-    def __init__(self, key: str, raw: np.ndarray, dtype_name: str):
-        self.key, self.raw, self.dtype_name = key, raw, dtype_name
+    def __init__(self, key: str, raw, dtype_name: str, numel: int):
+        self.key, self.raw, self.dtype_name, self.numel = key, raw, dtype_name, numel
+
+
+class _Pending:
+    """A tensor of a legacy file whose storage bytes are not read yet (see read_torch_legacy)."""
+
+    def __init__(self, storage, storage_offset, size, stride):
+        self.args = storage, storage_offset, size, stride
 
 
 class _Refused(Exception):
@@ -114,9 +124,10 @@ def _ints(value, what: str) -> tuple:
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
-                    backward_hooks=None, metadata=None) -> np.ndarray:
-    """torch._utils._rebuild_tensor_v2: the strided view (size, stride) of `storage` starting at
-    `storage_offset`, copied out as a contiguous array. Every index must lie inside the storage."""
+                    backward_hooks=None, metadata=None):
+    """torch._utils._rebuild_tensor_v2 (and the older _rebuild_tensor): the strided view
+    (size, stride) of `storage` from `storage_offset`, copied out as a contiguous array (or a
+    _Pending one, while a legacy file's storages are still to be read)."""
     if not isinstance(storage, _Storage):
         raise _Refused(f"_rebuild_tensor_v2 got a {type(storage).__name__}, not a storage")
     size, stride = _ints(size, "size"), _ints(stride, "stride")
@@ -124,6 +135,13 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
             any(s < 0 for s in size + stride):
         raise _Refused(f"bad tensor geometry: offset {storage_offset!r}, size {size}, "
                        f"stride {stride}")
+    if storage.raw is None:
+        return _Pending(storage, storage_offset, size, stride)
+    return _view(storage, storage_offset, size, stride)
+
+
+def _view(storage, storage_offset, size, stride) -> np.ndarray:
+    """The checked strided view of a storage, copied: every index must lie inside it."""
     n = storage.raw.size
     last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
     if 0 not in size and last >= n:
@@ -142,7 +160,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
 
 def _rebuild_parameter(data, requires_grad=True, backward_hooks=None) -> np.ndarray:
     """torch._utils._rebuild_parameter: an nn.Parameter is its data here."""
-    if not isinstance(data, np.ndarray):
+    if not isinstance(data, (np.ndarray, _Pending)):
         raise _Refused(f"_rebuild_parameter got a {type(data).__name__}, not a tensor")
     return data
 
@@ -151,6 +169,7 @@ def _rebuild_parameter(data, requires_grad=True, backward_hooks=None) -> np.ndar
 # else (os.system, builtins.eval, subprocess.Popen, torch.nn.Module subclasses...) is refused.
 ALLOWED_GLOBALS = {("collections", "OrderedDict"): OrderedDict,
                    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+                   ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,      # before torch 0.4
                    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
                    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES}}
 _ALLOWED_TEXT = ", ".join(f"{m}.{n}" for m, n in ALLOWED_GLOBALS if m != "torch") + \
@@ -159,10 +178,12 @@ _ALLOWED_TEXT = ", ".join(f"{m}.{n}" for m, n in ALLOWED_GLOBALS if m != "torch"
 
 class _StateDictUnpickler(pickle.Unpickler):
     """pickle.Unpickler that resolves names through ALLOWED_GLOBALS only and reads persistent
-    storage ids ('storage', storage_type, key, location, numel) from the zip."""
+    storage ids ('storage', storage_type, key, location, numel[, view_metadata]) with
+    read_storage(key, dtype, numel) (the zip), or leaves them to be read later (read_storage
+    None: the legacy format)."""
 
-    def __init__(self, data: bytes, read_storage):
-        super().__init__(io.BytesIO(data))
+    def __init__(self, file, read_storage=None):
+        super().__init__(file)
         self.read_storage = read_storage
         self.storages = {}
 
@@ -175,16 +196,30 @@ class _StateDictUnpickler(pickle.Unpickler):
                            f"needs only {_ALLOWED_TEXT}; this file may contain code") from None
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
-                and type(pid[4]) is int and pid[4] >= 0):
-            raise _Refused(f"unexpected persistent id {pid!r} (expected ('storage', "
+                and type(pid[4]) is int and pid[4] >= 0 and (len(pid) == 5 or pid[5] is None)):
+            raise _Refused(f"unexpected persistent id {pid!r:.120} (expected ('storage', "
                            f"torch.<Type>Storage, key, location, numel))")
-        _, storage_type, key, _location, numel = pid
+        storage_type, key, numel = pid[1], pid[2], pid[4]
         if key not in self.storages:
-            raw = self.read_storage(key, _raw_dtype(storage_type.dtype), numel)
-            self.storages[key] = _Storage(key, raw, storage_type.dtype)
+            raw = None if self.read_storage is None else \
+                self.read_storage(key, _raw_dtype(storage_type.dtype), numel)
+            self.storages[key] = _Storage(key, raw, storage_type.dtype, numel)
         return self.storages[key]
+
+
+@contextlib.contextmanager
+def _unpickling(path: str, what: str):
+    """Within the block, a refusal or a broken pickle becomes a WeightFileError naming the file
+    (`what`: the message for a broken one)."""
+    try:
+        yield
+    except _Refused as e:
+        raise WeightFileError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError,
+            KeyError, struct.error) as e:
+        raise WeightFileError(f"{path}: {what} ({type(e).__name__}: {e})") from None
 
 
 # --- torch.save's zip -----------------------------------------------------------------------------
@@ -225,15 +260,9 @@ def read_torch_zip(path) -> "OrderedDict[str, np.ndarray]":
                                     count=numel)
                 return raw
 
-            unpickler = _StateDictUnpickler(zf.read(pickles[0]), read_storage)
-            try:
+            unpickler = _StateDictUnpickler(io.BytesIO(zf.read(pickles[0])), read_storage)
+            with _unpickling(path, f"the pickle in {pickles[0]!r} is not a plain state_dict"):
                 obj = unpickler.load()
-            except _Refused as e:
-                raise WeightFileError(f"{path}: {e}") from None
-            except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
-                    IndexError, KeyError, struct.error) as e:
-                raise WeightFileError(f"{path}: the pickle in {pickles[0]!r} is not a plain "
-                                      f"state_dict ({type(e).__name__}: {e})") from None
     except WeightFileError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
@@ -257,6 +286,80 @@ def _state_dict_of(path: str, obj) -> "OrderedDict[str, np.ndarray]":
     keys = list(obj)[:6] if isinstance(obj, dict) else ""
     raise WeightFileError(f"{path}: holds a {kind} {keys}, not a state_dict of tensors (nor a "
                           f"checkpoint with one under 'state_dict' or 'model')")
+
+
+# --- torch.save's legacy format (before PyTorch 1.6, or _use_new_zipfile_serialization=False) -----
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+
+def read_torch_legacy(path) -> "OrderedDict[str, np.ndarray]":
+    """The state_dict of a file in torch.save's legacy format, as name -> np.ndarray.
+
+    Five things follow each other in the file: four pickles -- the magic number, the protocol
+    version (1001), system info (byte order), the state_dict -- then the pickled list of storage
+    keys and, for each key in that order, an 8-byte element count and the raw bytes. The
+    state_dict's tensors are rebuilt once those bytes are read. Every pickle goes through the
+    same restricted unpickler as the zip's.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f, _unpickling(path, "not a readable legacy torch.save file: "
+                                                  "truncated or not a plain state_dict"):
+        if _StateDictUnpickler(f).load() != LEGACY_MAGIC:
+            raise _Refused("not a torch.save file (its first pickle is not torch's magic "
+                           "number)")
+        version = _StateDictUnpickler(f).load()
+        if version != LEGACY_PROTOCOL:
+            raise _Refused(f"legacy protocol version {version!r}, expected "
+                           f"{LEGACY_PROTOCOL}")
+        info = _StateDictUnpickler(f).load()
+        little = not isinstance(info, dict) or info.get("little_endian", True)
+        unpickler = _StateDictUnpickler(f)
+        obj = unpickler.load()
+        keys = _StateDictUnpickler(f).load()
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise _Refused(f"the storage key list is {type(keys).__name__}, not strings")
+        for key in keys:
+            _read_legacy_storage(f, unpickler.storages, key, little)
+        obj = _resolve(obj)
+    return _state_dict_of(path, obj)
+
+
+def _read_legacy_storage(f, storages: dict, key: str, little: bool) -> None:
+    """Read one storage's count and bytes from f into storages[key].raw."""
+    storage = storages.get(key)
+    if storage is None:
+        raise _Refused(f"the file has bytes for storage {key!r}, which no tensor uses")
+    head = f.read(8)
+    if len(head) < 8:
+        raise _Refused(f"storage {key!r}: the file ends before its length: truncated")
+    (numel,) = struct.unpack("<q" if little else ">q", head)
+    if numel != storage.numel:
+        raise _Refused(f"storage {key!r} holds {numel} elements, the pickle says "
+                       f"{storage.numel}")
+    dtype = _raw_dtype(storage.dtype_name).newbyteorder("<" if little else ">")
+    data = f.read(numel * dtype.itemsize)
+    if len(data) < numel * dtype.itemsize:
+        raise _Refused(f"storage {key!r} holds {len(data)} bytes, the pickle says {numel} x "
+                       f"{dtype.itemsize}: the storage is truncated")
+    storage.raw = np.frombuffer(data, dtype=dtype)
+
+
+def _resolve(obj):
+    """obj with every _Pending tensor (in dicts, lists, tuples) replaced by its array."""
+    if isinstance(obj, _Pending):
+        storage = obj.args[0]
+        if storage.raw is None:
+            raise _Refused(f"no bytes for storage {storage.key!r} in the file: truncated")
+        return _view(*obj.args)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _resolve(v)
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_resolve(v) for v in obj)
+    return obj
 
 
 # --- safetensors ----------------------------------------------------------------------------------
@@ -329,10 +432,8 @@ def read_state_dict_file(path) -> "OrderedDict[str, np.ndarray]":
         return read_torch_zip(path)
     if len(head) == 9 and head[8:9] == b"{":
         return read_safetensors(path)
-    if head[:2] == b"\x80\x02":
-        raise WeightFileError(f"{path}: a pickle without a zip around it: torch's legacy (pre-1.6)"
-                              f" format, which tinyconv does not read; re-save it with a recent "
-                              f"torch: torch.save(torch.load(path), 'new.pth')")
+    if head[:2] == b"\x80\x02":               # a bare pickle: torch.save's legacy format
+        return read_torch_legacy(path)
     raise WeightFileError(f"{path}: neither a torch.save zip, nor a safetensors file, nor a "
                           f"tinyconv .npz (first bytes {head!r})")
 
