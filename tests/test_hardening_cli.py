@@ -181,7 +181,7 @@ def test_show_aug_on_few_images_and_a_bad_index(tmp_path, capsys):
 def test_training_on_a_single_class_warns(tmp_path, capsys):
     folder = grey_folder(tmp_path / "one", classes=("only",), n=10)
     args = cli.build_parser().parse_args(["train", "--data", str(folder), "--arch", "mnist_cnn",
-                                          "--quiet"])
+                                          "--batch-size", "16", "--quiet"])
     cli.setup_learner(args)
     err = capsys.readouterr().err
     assert "warning" in err and "single class (only)" in err

@@ -654,9 +654,8 @@ def _check_image_shape(meta, shape, model_path, where) -> None:
 
 
 def cmd_predict(args) -> int:
-    from PIL import Image, UnidentifiedImageError
-    from .data.datasets import _centre_box
     from .autograd import no_grad
+    from .data.datasets import decode_image
     from .tensor import Tensor
 
     model, meta = _load_model(args.model)
@@ -666,19 +665,14 @@ def cmd_predict(args) -> int:
     for path in args.images:
         if not os.path.isfile(path):
             raise UsageError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if C == 1 else "RGB")
-                if H is not None and im.size != (W, H):
-                    if not args.resize:
-                        raise UsageError(f"{path}: image is {im.size[1]}x{im.size[0]}, the model "
-                                         f"takes {H}x{W} (pass --resize to resize it)")
-                    # a model trained on centre squares (--crop) sees its photos the same way
-                    box = _centre_box(*im.size, (H, W)) if meta.get("crop") else None
-                    im = im.resize((W, H), Image.BILINEAR, box=box)
-                x = np.asarray(im, dtype=np.float32).reshape(im.size[1], im.size[0], -1) / 255.0
-        except (UnidentifiedImageError, OSError) as error:
-            raise UsageError(f"{path}: not a readable image ({error})") from None
+        # decoded as training decoded its images (16-bit scaled by range, alpha over black); a
+        # model trained on centre squares (--crop) sees its photos the same way
+        pixels = decode_image(path, size=(H, W) if args.resize and H is not None else None,
+                              channels=3 if C is None else C, crop=bool(meta.get("crop")))
+        if H is not None and pixels.shape[:2] != (H, W):
+            raise UsageError(f"{path}: image is {pixels.shape[0]}x{pixels.shape[1]}, the model "
+                             f"takes {H}x{W} (pass --resize to resize it)")
+        x = pixels.astype(np.float32) / 255.0
         x = ((x - mean) / std).transpose(2, 0, 1)[None]
         with no_grad():
             logits = model(Tensor(np.ascontiguousarray(x, dtype=np.float32))).data[0]

@@ -17,6 +17,7 @@ Readers for the formats people actually have:
 A truncated, corrupt or foreign file raises `DatasetError` naming the file: never a hang, never a
 silently short dataset.
 """
+import contextlib
 import gzip
 import hashlib
 import json
@@ -34,7 +35,8 @@ from tinyconv.data import safe_pickle
 from tinyconv.data.safe_pickle import RestrictedUnpickler, UnsafePickleError
 
 __all__ = ["DatasetError", "UnsafePickleError", "RestrictedUnpickler", "ArrayDataset", "MNIST",
-           "CIFAR10", "ImageFolder", "split", "read_idx", "IMAGE_EXTENSIONS", "default_cache_dir"]
+           "CIFAR10", "ImageFolder", "split", "read_idx", "decode_image", "IMAGE_EXTENSIONS",
+           "default_cache_dir"]
 
 MNIST_DIR = Path(__file__).resolve().parent / "mnist"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -399,7 +401,41 @@ def _scan_folder(root):
     return classes, items
 
 
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}   # more than 8 bits per pixel
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+def _range_to_uint8(a):
+    """(H, W) 16/32-bit integer or float grey values -> uint8, scaled by the range they come
+    from (Pillow's own conversion to 8 bits clips: a 16-bit 60000 would become 255, a float 0.5
+    would become 0). Integers within 0..65535 (16-bit, also when stored as 32-bit): / 65535;
+    floats within [0, 1]: x 255, within [0, 255]: as they are; anything else: its own min..max.
+    NaN and inf become 0."""
+    x = np.asarray(a, dtype=np.float64)
+    x = np.where(np.isfinite(x), x, 0.0)
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
+    for kinds, top in (("ui", 65535.0), ("f", 1.0), ("f", 255.0)):
+        if a.dtype.kind in kinds and lo >= 0 and hi <= top:
+            lo, hi = 0.0, top
+            break
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.round((x - lo) * scale).astype(np.uint8)
+
+
+def _to_mode(im, mode):
+    """A Pillow image as `mode` ("L" or "RGB"), faithfully: wide grey images scaled by range
+    (`_range_to_uint8`); alpha (RGBA, LA, PA, a palette or image with a transparent colour)
+    composited over black, so a fully transparent pixel is 0 whatever colour it stores; CMYK,
+    YCbCr, LAB, HSV and palette images by Pillow's conversion to RGB; 1-bit as 0 / 255."""
+    from PIL import Image
+    if im.mode in _WIDE_MODES:
+        grey = Image.fromarray(_range_to_uint8(np.asarray(im)))
+        return grey if mode == "L" else grey.convert("RGB")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        black = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(black, im.convert("RGBA"))
+    return im if im.mode == mode else im.convert(mode)
 
 
 def _centre_box(width: int, height: int, size) -> tuple:
@@ -412,20 +448,22 @@ def _centre_box(width: int, height: int, size) -> tuple:
     return (0.0, (height - h) / 2, float(width), (height + h) / 2)
 
 
-def _decode(path, size, crop=False):
+def _decode(path, size, crop=False, channels=None):
     """One image file -> (H, W, 1) or (H, W, 3) uint8, resized to `size` (H, W) if given;
-    crop: keep the aspect, resizing the centre box of that aspect (the shorter side to size)."""
+    crop: keep the aspect, resizing the centre box of that aspect (the shorter side to size).
+    channels: 1 or 3 forces grey or RGB; None keeps grey images grey. Modes: see `_to_mode`.
+    Call it inside `_bombs_refused()` (a thread-safe place to change the warning filters)."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            mode = "L" if im.mode in _GREY_MODES else "RGB"
+            mode = {1: "L", 3: "RGB"}.get(channels) or \
+                ("L" if im.mode in _GREY_MODES else "RGB")
             if crop and size is not None:
                 # JPEG decoders shrink by 1/2, 1/4 or 1/8 while decoding (a photo decodes
                 # several times faster), never below the size asked for; the resize finishes
                 s = max(size[0] / im.size[1], size[1] / im.size[0])
                 im.draft(mode, (math.ceil(im.size[0] * s), math.ceil(im.size[1] * s)))
-            if im.mode != mode:
-                im = im.convert(mode)
+            im = _to_mode(im, mode)
             if crop and size is not None:
                 # Pillow's resize filters over the whole footprint when it shrinks: antialiased
                 im = im.resize((size[1], size[0]), Image.BILINEAR,
@@ -433,18 +471,42 @@ def _decode(path, size, crop=False):
             elif size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             a = np.asarray(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetError(f"{path}: refusing to decode it: {e} (if the image is genuine, raise "
+                           f"PIL.Image.MAX_IMAGE_PIXELS)") from None
     except Exception as e:   # Pillow raises many types (UnidentifiedImageError, OSError, ...)
         raise DatasetError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     return a[..., None] if a.ndim == 2 else a
 
 
+@contextlib.contextmanager
+def _bombs_refused():
+    """A context in which Pillow's DecompressionBombWarning (an image of more pixels than
+    PIL.Image.MAX_IMAGE_PIXELS) is an error, so `_decode` refuses it in one line. The warning
+    filters are global: set them once around all the decoding threads, never inside them."""
+    from PIL import Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def decode_image(path, size=None, channels=None, crop=False):
+    """One image file -> (H, W, C) uint8 as ImageFolder decodes it (16-bit and float images
+    scaled by range, alpha composited over black); size (H, W) resizes (crop: its centre box of
+    that aspect); channels 1 or 3 forces grey or RGB. Raises DatasetError naming the file."""
+    with _bombs_refused():
+        return _decode(path, None if size is None else (int(size[0]), int(size[1])), crop,
+                       channels)
+
+
 def _decode_all(paths, size, num_workers, crop=False):
     """Stack all images as (N, H, W, C); grey images are repeated to RGB if any image is colour."""
-    if num_workers > 1:   # Pillow releases the GIL while decoding, so threads do run in parallel
-        with ThreadPoolExecutor(num_workers) as pool:
-            arrays = list(pool.map(lambda p: _decode(p, size, crop), paths))
-    else:
-        arrays = [_decode(p, size, crop) for p in paths]
+    with _bombs_refused():
+        if num_workers > 1:   # Pillow releases the GIL while decoding: threads run in parallel
+            with ThreadPoolExecutor(num_workers) as pool:
+                arrays = list(pool.map(lambda p: _decode(p, size, crop), paths))
+        else:
+            arrays = [_decode(p, size, crop) for p in paths]
     shape = arrays[0].shape[:2]
     for p, a in zip(paths, arrays):
         if a.shape[:2] != shape:
@@ -471,7 +533,7 @@ class ImageFolder(ArrayDataset):
     (default: all cores for files over 32 KB on average, else 1).
     """
 
-    CACHE_VERSION = 2
+    CACHE_VERSION = 3   # 3: 16-bit and float images scaled by range, alpha composited
 
     def __init__(self, root, size=None, cache=True, num_workers=None, crop=False):
         root = Path(root).resolve()
