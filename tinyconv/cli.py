@@ -45,10 +45,10 @@ class DataSpec:
         self.kind, self.train, self.valid, self.test, self.classes = kind, train, valid, test, classes
 
 
-def load_data(args, valid_pct: float) -> DataSpec:
+def load_data(args, valid_pct: float, hold_out: bool = True) -> DataSpec:
     """`detect_data` for the command's --data, --size and --seed, then its --limit."""
     ds = detect_data(args.data, valid_pct, args.seed, size=args.size,
-                     crop=getattr(args, "crop", False))
+                     crop=getattr(args, "crop", False), hold_out=hold_out)
     limit = getattr(args, "limit", None)
     if limit is not None:
         if limit < 1:
@@ -60,9 +60,10 @@ def load_data(args, valid_pct: float) -> DataSpec:
 
 
 def detect_data(spec: str, valid_pct: float, seed: int, size=None,
-                crop=False) -> DataSpec:
+                crop=False, hold_out: bool = True) -> DataSpec:
     """Resolve `--data`: "mnist" (bundled), an MNIST IDX folder, a cifar-10-batches-py folder, or
-    an image folder (PATH/<class>/*, or PATH/train/<class> with PATH/valid|test/<class>)."""
+    an image folder (PATH/<class>/*, or PATH/train/<class> with PATH/valid|test/<class>).
+    A plain image folder without valid_pct holds out 0.2 of it, unless hold_out=False."""
     from . import data
 
     if spec == "mnist":
@@ -85,6 +86,8 @@ def detect_data(spec: str, valid_pct: float, seed: int, size=None,
             return _with_valid("folder", train, other, valid_pct, seed)
         return DataSpec("folder", train, other, None, train.classes)
     folder = data.ImageFolder(spec, size=size, crop=crop)
+    if not valid_pct and not hold_out:                 # train on every image, score nothing
+        return DataSpec("folder", folder, None, None, folder.classes)
     train, valid = data.split(folder, valid_pct=valid_pct or 0.2, seed=seed)
     return DataSpec("folder", train, valid, None, folder.classes)
 
