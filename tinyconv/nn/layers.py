@@ -44,7 +44,8 @@ class Conv2d(Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _pair(kernel_size, "Conv2d kernel_size")
         self.stride = _pair(stride, "Conv2d stride")
-        self.padding = _pair(padding, "Conv2d padding")
+        # "same" / "valid" as torch.nn.Conv2d (F.conv2d works out the pads); else an int or pair
+        self.padding = padding if padding in ("same", "valid") else _pair(padding, "Conv2d padding")
         self.dilation = _pair(dilation, "Conv2d dilation")
         self.weight = _empty(out_channels, in_channels // groups, *self.kernel_size)
         self.bias = _empty(out_channels) if bias else None

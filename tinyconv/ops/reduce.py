@@ -4,6 +4,8 @@ Backward puts the reduced axes back (as size 1) and broadcasts the gradient over
 Max and min: tied extremes SHARE the gradient equally (the subgradient a test can pin
 down exactly, and the one that keeps the gradient check symmetric); torch's `amax` does the same.
 """
+import warnings
+
 import numpy as np
 
 from ..autograd import Function
@@ -99,16 +101,23 @@ class Var(Function):
     def forward(ctx, x, axis=None, keepdims=False, correction=1):
         ctx.axes, ctx.keepdims = _axes(axis, x.ndim), keepdims
         n = int(np.prod([x.shape[a] for a in ctx.axes]))
-        if n - correction <= 0:
-            raise ValueError(f"var: {n} element(s) over axes {ctx.axes} of shape {x.shape} "
-                             f"with correction={correction}: nothing to divide by")
-        ctx.centered = x - x.mean(axis=ctx.axes, keepdims=True)
-        ctx.divisor = n - correction
-        return np.asarray((ctx.centered ** 2).sum(axis=ctx.axes, keepdims=keepdims) / ctx.divisor)
+        # as torch: no degrees of freedom left (n <= correction) divides by max(n - correction, 0)
+        # -> nan (0 / 0) or inf, with a warning, rather than an error
+        ctx.divisor = max(n - correction, 0)
+        if ctx.divisor == 0:
+            warnings.warn(f"var: {n} element(s) over axes {ctx.axes} of shape {x.shape} with "
+                          f"correction={correction}: degrees of freedom <= 0, the result is "
+                          f"nan or inf (as torch.var)", RuntimeWarning, stacklevel=3)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ctx.centered = x - x.mean(axis=ctx.axes, keepdims=True) if n else x
+            squares = (ctx.centered ** 2).sum(axis=ctx.axes, keepdims=keepdims)
+            return np.asarray(squares / x.dtype.type(ctx.divisor))
 
     @staticmethod
     def backward(ctx, dy):
         # y = sum_i (x_i - mean)^2 / d  =>  dx_i = dy * 2 (x_i - mean) / d
         # (the terms through the mean sum to 0)
         dy = _expand(dy, ctx.centered.shape, ctx.axes, ctx.keepdims)
-        return dy * ctx.centered * ctx.centered.dtype.type(2 / ctx.divisor)
+        with np.errstate(invalid="ignore", divide="ignore"):   # divisor 0: nan/inf, as torch
+            scale = ctx.centered.dtype.type(2) / ctx.centered.dtype.type(ctx.divisor)
+            return dy * ctx.centered * scale
