@@ -95,3 +95,12 @@ def test_a_weight_file_of_another_arch_is_a_clear_error(photos, weights, capsys)
     code, _, err = run(capsys, "train", "--data", photos, "--arch", "resnet34", "--weights",
                        weights, "--size", "32", "--quiet")
     assert code == 2 and "does not fit ResNet" in err and "missing keys: layer1.2" in err
+
+
+def test_without_weights_the_random_body_is_a_warning_even_when_quiet(photos, tmp_path, capsys):
+    code, out, err = run(capsys, "train", "--data", photos, "--arch", "resnet18", "--size", 32,
+                         "--cycles", 1, "--lr", 0.01, "--batch-size", 8, "--quiet",
+                         "--out", tmp_path)
+    assert code == 0 and out.count("valid accuracy") == 9         # the eight steps and TTA
+    assert "tinyconv: warning: no --weights: the resnet18 body is random" in err
+    assert "resnet18-f37072fd.pth" in err

@@ -20,6 +20,7 @@ after every step; the model (tc.load-able, with classes, normalisation and crop=
 from __future__ import annotations
 
 import os
+import sys
 import time
 from functools import partial
 
@@ -78,9 +79,10 @@ def cmd_train_transfer(args) -> int:
     transform = augmentation(args.aug, ds.kind, image_shape[0], args.cutout)
     train_dl, valid_dl, _ = make_loaders(ds.train, ds.valid, args.batch_size, transform,
                                          args.seed)
-    if args.weights is None:
-        _say(args, f"no --weights: the {args.arch} body is random, not pre-trained (the recipe "
-                   f"runs, the accuracy will not be the recipe's); {weights_help(args.arch)}")
+    if args.weights is None:                  # a warning even with --quiet
+        print(f"tinyconv: warning: no --weights: the {args.arch} body is random, not "
+              f"pre-trained (the recipe runs, its accuracy will not be the recipe's); "
+              f"{weights_help(args.arch)}", file=sys.stderr)
     learn = vision_learner(args.arch, (train_dl, valid_dl), weights=args.weights,
                            precompute=args.precompute, metrics=[accuracy], seed=args.seed,
                            wd=args.wd, silent=args.quiet,
