@@ -150,6 +150,9 @@ def test_predictions_tta_and_save_use_the_full_net_under_precompute(weights, tmp
         again = tc.nn.functional.softmax(back(tc.Tensor(x[None])), dim=-1).data[0]
     np.testing.assert_allclose(again, full_probs[0], atol=1e-5)
     assert back.meta["classes"] == ["a", "b", "c"]
+    interp = tc.ClassificationInterpretation.from_learner(learn)      # on the cached features
+    assert interp.classes == ["a", "b", "c"] and interp.images.shape == (8, 48, 48, 3)
+    np.testing.assert_allclose(interp.probs, probs)
 
 
 def test_a_random_body_keeps_the_data_s_statistics_and_bad_archs_are_named():

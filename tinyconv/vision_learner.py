@@ -74,6 +74,11 @@ class ActivationLoader:
             yield np.asarray(self.features[idx], dtype=np.float32), self.labels[idx]
 
     @property
+    def dataset(self):
+        """The image loader's dataset (class names and images for interpretation)."""
+        return self.source.dataset
+
+    @property
     def classes(self):
         return self.source.classes
 
