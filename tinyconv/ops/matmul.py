@@ -1,7 +1,18 @@
-"""Matrix products: batched, broadcasting matmul, and the fully connected layer's op."""
+"""Matrix products: batched, broadcasting matmul, and the fully connected layer's op.
+
+A small fully connected layer (a classifier head on precomputed features: (32, 1024) @
+(1024, 512)) runs its GEMMs with BLAS on one thread. Two BLAS threads hardly gain there, and
+handing the work over costs: on the shared 2-core machine a head step took 10 to 110 ms, with
+the threads waiting for each other, against a steady 3.3 ms on one (measured, issue 17).
+"""
+import contextlib
+
 import numpy as np
 
+from .._threads import single_threaded_blas
 from ..autograd import Function, unbroadcast
+
+SMALL_GEMM = 1 << 25     # multiply-adds: below this a Linear's GEMMs use one BLAS thread
 
 __all__ = ["MatMul", "Linear"]
 
@@ -56,7 +67,9 @@ class Linear(Function):
             raise ValueError(f"linear: input has {F_in} features but weight {weight.shape} "
                              f"expects {F_w} (weight is (out_features, in_features))")
         ctx.x, ctx.weight = x, weight
-        y = x @ weight.T
+        small = N * F_in * F_out < SMALL_GEMM
+        with single_threaded_blas() if small else contextlib.nullcontext():
+            y = x @ weight.T
         if bias is not None:
             if bias.shape != (F_out,):
                 raise ValueError(f"linear: bias shape {bias.shape}, expected ({F_out},)")
@@ -66,8 +79,10 @@ class Linear(Function):
     @staticmethod
     def backward(ctx, dy):
         # y = x W^T + b  =>  dx = dy W,  dW = dy^T x,  db = sum over the batch of dy
-        dx = dy @ ctx.weight if ctx.needs_input_grad[0] else None
-        dw = dy.T @ ctx.x if ctx.needs_input_grad[1] else None
+        small = ctx.x.size * ctx.weight.shape[0] < SMALL_GEMM
+        with single_threaded_blas() if small else contextlib.nullcontext():
+            dx = dy @ ctx.weight if ctx.needs_input_grad[0] else None
+            dw = dy.T @ ctx.x if ctx.needs_input_grad[1] else None
         if len(ctx.needs_input_grad) == 2:
             return dx, dw
         db = dy.sum(axis=0) if ctx.needs_input_grad[2] else None
