@@ -66,3 +66,10 @@ def test_sgdr_schedule_of_many_short_cycles_is_built_in_linear_time():
     with deadline(3):
         f, n_epochs = sched.sgdr(0.1, 200_000, cycle_len=1, cycle_mult=1)
     assert n_epochs == 200_000 and f.cycle_ends[:3] == [1, 2, 3] and f.cycle_ends[-1] == 200_000
+
+
+def test_show_aug_refuses_a_picture_of_a_billion_variations(capsys):
+    with deadline(5):
+        code = main(["show-aug", "--n", "1000000000"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--n: must be an integer from 1 to 64" in err

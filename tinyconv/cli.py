@@ -915,7 +915,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--aug", choices=AUGS, default="auto")
     p.add_argument("--index", type=int_at_least(0), default=0, help="which training image")
-    p.add_argument("--n", type=int_at_least(1), default=8, help="variations")
+    p.add_argument("--n", type=int_at_least(1, 64), default=8,
+                   help="variations (at most 64: one picture)")
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_show_aug)
 

@@ -13,8 +13,9 @@ import math
 __all__ = ["int_at_least", "finite_float"]
 
 
-def int_at_least(low: int):
-    """An argparse type: an integer >= `low`."""
+def int_at_least(low: int, high=None):
+    """An argparse type: an integer >= `low` (and <= `high` if given: a loop or a picture whose
+    size the number sets must stay finite)."""
     def parse(text):
         try:
             value = int(text)
@@ -22,8 +23,11 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, "
+                                             f"got {text!r}")
         return value
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer in {low}..{high}"
     return parse
 
 
