@@ -88,3 +88,26 @@ def test_default_run_folders_never_collide(idx, tmp_path, capsys, monkeypatch):
     from tinyconv import cli
     first, second = cli._new_run_dir(None), cli._new_run_dir(None)
     assert first.endswith("20260101-000000") and second.endswith("20260101-000000-2")
+
+
+def test_a_diverged_checkpoint_run_keeps_its_last_finite_checkpoint(idx, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Weights turned inf by the last step of epoch 2: the checkpoint stays that of epoch 1."""
+    real_step = tc.optim.SGD.step
+    steps = []
+
+    def step_then_poison(self, *args, **kwargs):
+        real_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 6:                           # 48 images / 16: 3 steps per epoch
+            self.param_groups[0]["params"][0].data[...] = np.inf
+    monkeypatch.setattr(tc.optim.SGD, "step", step_then_poison)
+    out = tmp_path / "run"
+    assert main(argv(idx, out, "--checkpoint")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "last finite checkpoint" in err, err
+    learn_state, header = tc.serialize.read_model_file(out / "checkpoint.npz")
+    assert header["learner"]["epoch"] == 1
+    assert all(np.isfinite(a).all() for a in learn_state.values())
+    assert not (out / "model.npz").exists()
+    assert json.loads((out / "metrics.json").read_text())["checkpoint"].endswith("checkpoint.npz")

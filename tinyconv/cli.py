@@ -381,8 +381,18 @@ def _checkpointing(args, learn, out, lr, resuming) -> int:
     else:
         options = {k: v for k, v in vars(args).items() if k not in ("func", "run_dir")}
         _write_json(os.path.join(out, RUN_FILE), {"options": options, "lr": lr})
-    learn.add_cbs([Checkpoint(path)])
+    learn.add_cbs([_FiniteCheckpoint(Checkpoint)(path)])
     return start
+
+
+def _FiniteCheckpoint(Checkpoint):
+    """Checkpoint, except that it never replaces the last finite weights by non-finite ones (a
+    diverged run keeps the checkpoint it can be resumed from, at a lower --lr)."""
+    class FiniteCheckpoint(Checkpoint):
+        def after_epoch(self):
+            if _weights_finite(self.learn.model):
+                super().after_epoch()
+    return FiniteCheckpoint
 
 
 def _weights_finite(model) -> bool:
@@ -414,6 +424,11 @@ def _fail_diverged(args, learn, out, save_model, started, lr) -> int:
     _write_json(os.path.join(out, "metrics.json"), metrics)
     where = (f"the last finite weights are in {metrics['model']}" if kept
              else "no model written (its weights are not finite)")
+    checkpoint = os.path.join(out, CHECKPOINT_FILE)
+    if os.path.isfile(checkpoint):
+        metrics["checkpoint"] = checkpoint
+        _write_json(os.path.join(out, "metrics.json"), metrics)
+        where += f"; the last finite checkpoint is {checkpoint}"
     print(f"tinyconv: error: {reason} ({where}; see {out}/metrics.json)", file=sys.stderr)
     return 1
 
