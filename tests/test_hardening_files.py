@@ -229,3 +229,28 @@ def test_a_killed_writer_leaves_a_temporary_the_next_save_removes(small_model_fi
     load(small_model_file)                                             # the old file is intact
     save(models.mnist_cnn(rng=np.random.default_rng(0)), small_model_file)
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_checkpoint_with_a_bomb_in_its_optimizer_state_is_refused(tmp_path):
+    """Learner.load reads the optimizer arrays itself, after read_model_file has checked every
+    member of the archive (not only the model's)."""
+    import tinyconv as tc
+    from tinyconv.learner import Learner
+    from tinyconv.data import ArrayDataset, DataLoader
+    rng = np.random.default_rng(0)
+    ds = ArrayDataset(rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8), np.arange(8) % 10,
+                      [str(d) for d in range(10)])
+    dl = DataLoader(ds, batch_size=4)
+    learn = Learner(models.mnist_cnn(rng=rng), dl, dl, silent=True,
+                    opt_func=lambda params, **kw: tc.optim.SGD(params, momentum=0.9, **kw))
+    learn.fit(1, lr=0.01)
+    path = tmp_path / "ckpt.npz"
+    learn.save(path)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("__opt__/0/bomb.npy", "w", force_zip64=True) as f:
+            f.write(npy_header((64 * 2 ** 20,)))
+            for _ in range(256):
+                f.write(bytes(2 ** 20))
+    with pytest.raises(ModelFileError, match="declares [\\d,]+ bytes of arrays"):
+        learn.load(path)
+    assert peak_mib(lambda: learn.load(path)) < 32

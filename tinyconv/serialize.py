@@ -147,7 +147,7 @@ def atomic_write(path, write) -> None:
 # What a model file may make tinyconv allocate: the arrays it declares (their uncompressed sizes,
 # summed) may exceed the file's own size only by this factor. np.savez stores arrays uncompressed
 # (factor 1); a compressed archive of weights shrinks little. A zip bomb declares far more.
-MAX_EXPANSION = 64
+MAX_EXPANSION = 16
 MIN_BUDGET = 64 * 2 ** 20      # bytes always allowed, so small files are never refused for this
 MAX_HEADER_BYTES = 64 * 2 ** 20
 
@@ -210,8 +210,11 @@ def read_model_file(path) -> tuple[dict, dict]:
             members = {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}
             header = _read_header(path, zf, members)
             budget = max(MAX_EXPANSION * os.path.getsize(path), MIN_BUDGET)
-            specs = {k: _member_spec(path, zf, members[k]) for k in header["keys"]}
-            declared = sum(members[k].file_size for k in header["keys"])
+            # every array member, also those a Learner checkpoint adds (optimizer state) and
+            # reads after this check, must be plain numbers of the size its member declares
+            specs = {k: _member_spec(path, zf, info) for k, info in members.items()
+                     if k != HEADER_KEY}
+            declared = sum(info.file_size for info in members.values())
             if declared > budget:
                 raise ModelFileError(
                     f"{path}: declares {declared:,} bytes of arrays but the file holds only "
