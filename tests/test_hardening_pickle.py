@@ -235,3 +235,13 @@ def test_one_memoised_buffer_cannot_become_many_arrays():
     body = program(b"]" + MARK + b"".join(arrays) + b"e")
     with pytest.raises(UnsafePickleError, match="exceed the size of the pickle"):
         safe_pickle.load(body)
+
+
+def test_the_public_unpickler_class_returns_arrays_too():
+    import io
+    from tinyconv.data import RestrictedUnpickler
+    a = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    for protocol in (2, 5):
+        got = RestrictedUnpickler(io.BytesIO(pickle.dumps({"data": a}, protocol=protocol))).load()
+        assert isinstance(got["data"], np.ndarray)
+        np.testing.assert_array_equal(got["data"], a)

@@ -221,12 +221,22 @@ class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the names in `_ALLOWED`, each to a checked wrapper.
 
     A pickle can call any importable function while loading (os.system, eval, ...); refusing every
-    other name makes loading a downloaded CIFAR batch as safe as reading an array. Use `load`,
-    which also replaces the array placeholders of protocols 2..4 by the arrays.
+    other name makes loading a downloaded CIFAR batch as safe as reading an array.
+    `RestrictedUnpickler(file).load()` reads the whole stream first (to check its memo indices
+    and bound its arrays by its size) and returns fresh ndarrays, as `load(data)` does.
     """
 
     def __init__(self, file):
-        super().__init__(file, encoding="latin1")   # latin1: Python 2 str -> str, arrays intact
+        self._data = file.read()
+        super().__init__(io.BytesIO(self._data), encoding="latin1")   # latin1: Python 2 str
+
+    def load(self):
+        _check_memo_indices(self._data)
+        token = _BUDGET.set(len(self._data))
+        try:
+            return _resolve(super().load())
+        finally:
+            _BUDGET.reset(token)
 
     def find_class(self, module, name):
         try:
@@ -263,12 +273,7 @@ def load(data):
     Raises UnsafePickleError for anything outside the allowed globals and array forms; a corrupt
     stream raises what pickle raises (UnpicklingError, EOFError, ...).
     """
-    _check_memo_indices(data)
-    token = _BUDGET.set(len(data))
-    try:
-        return _resolve(RestrictedUnpickler(io.BytesIO(data)).load())
-    finally:
-        _BUDGET.reset(token)
+    return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 _PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
