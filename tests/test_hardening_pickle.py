@@ -245,3 +245,13 @@ def test_the_public_unpickler_class_returns_arrays_too():
         got = RestrictedUnpickler(io.BytesIO(pickle.dumps({"data": a}, protocol=protocol))).load()
         assert isinstance(got["data"], np.ndarray)
         np.testing.assert_array_equal(got["data"], a)
+
+
+@pytest.mark.parametrize("labels", [[[1, 2], [3]], [1, [2]], "abc", [1.5, 2.5], [None, None]])
+def test_labels_that_are_not_integers_are_a_dataset_error(tmp_path, labels):
+    root = tmp_path / "cifar-10-batches-py"
+    write_cifar_py(root, n=2)
+    d = {"data": np.zeros((2, 3072), np.uint8), "labels": labels}
+    (root / "data_batch_1").write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(DatasetError, match="data_batch_1.*'labels'"):
+        CIFAR10(root)

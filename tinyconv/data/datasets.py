@@ -274,7 +274,11 @@ def _cifar_py_batch(path):
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
         raise DatasetError(f"{path}: missing 'data' or 'labels' (keys: {sorted(map(str, d))})")
-    data, labels = d["data"], np.asarray(d["labels"])
+    data = d["data"]
+    try:
+        labels = np.asarray(d["labels"])
+    except (ValueError, TypeError, OverflowError) as e:    # ragged or exotic nested values
+        raise DatasetError(f"{path}: 'labels' is not a list of integers ({e})") from None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
