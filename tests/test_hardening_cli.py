@@ -9,7 +9,16 @@ import tinyconv as tc
 from tinyconv import cli
 from tinyconv.cli import main
 
-TINY = ["--limit", "256", "--epochs", "1", "--batch-size", "64", "--lr", "0.01", "--quiet"]
+TINY = ["--epochs", "1", "--batch-size", "16", "--lr", "0.01", "--arch", "mnist_cnn", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def idx(tmp_path_factory):
+    """A small MNIST IDX folder: 64 training and 5 test images (validation stays quick)."""
+    from test_datasets import write_mnist
+    root = tmp_path_factory.mktemp("idx")
+    write_mnist(root, n_train=64, n_test=5, gz=True)
+    return root
 
 
 def run(capsys, *argv):
@@ -32,9 +41,10 @@ def nan_loss_after(n_good, monkeypatch):
     monkeypatch.setattr(tc.nn.functional, "cross_entropy", loss)
 
 
-def test_a_run_that_hits_a_nan_loss_exits_1_and_records_the_stop(tmp_path, capsys, monkeypatch):
+def test_a_run_that_hits_a_nan_loss_exits_1_and_records_the_stop(idx, tmp_path, capsys,
+                                                                  monkeypatch):
     nan_loss_after(2, monkeypatch)
-    code, out, err = run(capsys, "train", *TINY, "--out", tmp_path)
+    code, out, err = run(capsys, "train", "--data", idx, *TINY, "--out", tmp_path)
     assert code == 1
     assert err.count("\n") == 1 and "epoch 0 batch 2" in err and "metrics.json" in err, err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -45,14 +55,14 @@ def test_a_run_that_hits_a_nan_loss_exits_1_and_records_the_stop(tmp_path, capsy
     assert all(np.isfinite(a).all() for a in model.state_dict().values())
 
 
-def test_non_finite_weights_are_never_written_as_the_result(tmp_path, capsys, monkeypatch):
+def test_non_finite_weights_are_never_written_as_the_result(idx, tmp_path, capsys, monkeypatch):
     real_fit = cli._fit
 
     def fit_then_poison(args, learn, lr, *rest):
         real_fit(args, learn, lr, *rest)
         next(iter(learn.model.parameters())).data[...] = np.inf
     monkeypatch.setattr(cli, "_fit", fit_then_poison)
-    code, out, err = run(capsys, "train", *TINY, "--out", tmp_path)
+    code, out, err = run(capsys, "train", "--data", idx, *TINY, "--out", tmp_path)
     assert code == 1 and err.count("\n") == 1 and "no model written" in err, err
     assert not (tmp_path / "model.npz").exists()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
