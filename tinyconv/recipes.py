@@ -30,7 +30,7 @@ airbench's 0.0020 at the peak).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -80,11 +80,11 @@ def airbench94_learner(train, valid=None, *, hyper: AirBenchHyper | None = None,
     stem, SGD with its parameter kinds. train/valid: datasets of (N, 32, 32, 3) uint8 images.
     overrides: AirBenchHyper fields (e.g. batch_size=512, flip="random")."""
     hyper = hyper or AirBenchHyper()
-    for name, value in overrides.items():
-        if not hasattr(hyper, name):
-            raise TypeError(f"airbench94_learner: unknown hyper-parameter {name!r}; known: "
-                            f"{', '.join(asdict(hyper))}")
-        setattr(hyper, name, value)
+    unknown = [name for name in overrides if not hasattr(hyper, name)]
+    if unknown:
+        raise TypeError(f"airbench94_learner: unknown hyper-parameter {unknown[0]!r}; known: "
+                        f"{', '.join(asdict(hyper))}")
+    hyper = replace(hyper, **overrides)                # the caller's object stays as it was
     transform = A.airbench_transforms(translate=hyper.translate, flip=hyper.flip)
     train_dl, valid_dl = loaders(train, valid, hyper.batch_size, transform, seed=seed,
                                  valid_batch_size=hyper.batch_size)
