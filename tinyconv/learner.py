@@ -704,8 +704,9 @@ class Learner:
             for weight, view in augment.tta_views(mode):
                 out, targets = self._logits(dl if view is None else with_transform(view))
                 logits = logits + weight * out
-            z = np.exp(logits - logits.max(axis=1, keepdims=True))
-            return (z / z.sum(axis=1, keepdims=True)).astype(out.dtype), targets
+            with no_grad():
+                probs = F.softmax(Tensor(logits.astype(out.dtype)), dim=-1).data
+            return probs, targets
         aug_dl = with_transform(transform, rng=self.rng)
         passes = [self.get_preds(aug_dl)[0] for _ in range(n)]
         plain, targets = self.get_preds(dl)
