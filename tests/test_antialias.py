@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tinyconv import augment as A
-from tinyconv import augment_kernels as K
+from tinyconv.kernels import augment as K
 
 
 def _stripes(H=240, W=240, period=3):

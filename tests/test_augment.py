@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tinyconv import augment as A
-from tinyconv import augment_kernels as K
+from tinyconv.kernels import augment as K
 
 
 def images(n=4, h=6, w=6, c=3, seed=0):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyconv import augment_kernels as K
+from tinyconv.kernels import augment as K
 
 __all__ = [
     "Transform", "Compose", "Draws", "BatchInfo",
