@@ -170,7 +170,8 @@ def main():
               f"{b * 1e3:9.1f} ms ({n / b:8.1f} img/s)   ratio {a / b:5.2f}x")
     for fw in ("tinyconv", "torch"):
         if (fw, "head") in med:
-            print(f"  precompute, {fw}: a head step is {med[(fw, 'body')] / med[(fw, 'head')]:.0f}x "
+            speedup = med[(fw, 'body')] / med[(fw, 'head')]
+            print(f"  precompute, {fw}: a head step is {speedup:.0f}x "
                   f"faster than the body's forward pass it replaces")
 
 

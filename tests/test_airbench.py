@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import tinyconv as tc
-from tinyconv import nn, recipes, sched
-from tinyconv.airbench import AirBench94, WhiteningBiasFreeze, airbench94
+from tinyconv import recipes, sched
+from tinyconv.airbench import WhiteningBiasFreeze, airbench94
 from tinyconv.data import ArrayDataset
 from tinyconv.tensor import Tensor
 

@@ -66,7 +66,9 @@ def test_optimizer_state_dict_numbers_parameters_as_torch():
     rng = np.random.default_rng(0)
     params = [tc.nn.Parameter(rng.standard_normal(3).astype(np.float32)) for _ in range(4)]
     tparams = [torch.nn.Parameter(torch.tensor(p.data)) for p in params]
-    groups = lambda ps: [{"params": [ps[2], ps[3]]}, {"params": [ps[0], ps[1]], "lr": 0.01}]
+    def groups(ps):
+        return [{"params": [ps[2], ps[3]]}, {"params": [ps[0], ps[1]], "lr": 0.01}]
+
     opt = tc.optim.SGD(groups(params), lr=0.1, momentum=0.9)
     topt = torch.optim.SGD(groups(tparams), lr=0.1, momentum=0.9)
     for i in (1, 2, 3):                                 # parameter 0 has no gradient

@@ -221,7 +221,7 @@ def test_both_backends_export_the_same_functions():
         assert inspect.signature(getattr(ref, name)) == inspect.signature(getattr(nb, name)), name
 
 
-# ---- the thread pool the Numba kernels run on -----------------------------------------------------
+# ---- the thread pool the Numba kernels run on ----------------------------------------------------
 
 def test_parallel_for_runs_every_task_once_and_reraises_errors():
     from tinyconv._threads import parallel_for

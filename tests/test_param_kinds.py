@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 
-import tinyconv as tc
 from tinyconv import nn
 from tinyconv.callbacks import Callback
 from tinyconv.learner import Learner

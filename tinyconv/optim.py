@@ -286,7 +286,7 @@ class SGD(Optimizer):
         p -= out
 
 
-# --- parameter kinds: their own lr and weight-decay multipliers ------------------------------------
+# --- parameter kinds: their own lr and weight-decay multipliers -----------------------------------
 
 # the hyper-parameters a kind scales, and the group key of each multiplier
 MULTIPLIERS = {"lr": "lr_mult", "weight_decay": "wd_mult"}
