@@ -8,9 +8,8 @@
 from . import _threads  # noqa: F401  (imported for its side effect)
 from . import _memory  # noqa: F401  (imported for its side effect: freed arrays are reused)
 
-# autograd before tensor: it defines Function, then imports Tensor, whose methods import the ops.
-from .autograd import Function, enable_grad, is_grad_enabled, no_grad
-from .tensor import Tensor
+from .autograd import enable_grad, is_grad_enabled, no_grad
+from .tensor import Function, Tensor
 
 from . import callbacks, data, interpret, metrics, models, nn, optim, sched  # noqa: E402
 from . import recipes  # noqa: E402

@@ -1,23 +1,20 @@
-"""The autograd engine: Function (one class per op), no_grad, unbroadcast, and backward().
+"""The autograd engine: no_grad, unbroadcast, and backward().
 
-A `Function` subclass is one differentiable op. Its `forward` and `backward` are static methods on
-plain NumPy arrays; the instance (`ctx`) is the node of the graph: it keeps its input Tensors, in
-order, and whatever backward needs under readable names (`ctx.x_shape = x.shape`).
+It imports nothing from tinyconv. backward() walks any graph whose nodes follow a small protocol:
+a tensor has `.requires_grad`, `.shape`, `.dtype`, `.grad` and `._ctx` (the node that made it, or
+None for a leaf); a node (a `tinyconv.Function`, defined beside Tensor in tensor.py) has
+`.inputs`, `.needs_input_grad`, `.freed` and `.backward(ctx, dy)`.
 
     y = Mul.apply(a, b)          # forward on arrays, wrap the result, remember the node
     y.sum().backward()           # visit the nodes in reverse topological order, chain rule
-
-Every subclass registers itself in `Function.registry`, so a test can ask that each op has a
-gradient check.
 """
 from __future__ import annotations
 
 import contextlib
-from numbers import Number
 
 import numpy as np
 
-__all__ = ["Function", "no_grad", "enable_grad", "is_grad_enabled", "unbroadcast", "backward"]
+__all__ = ["no_grad", "enable_grad", "is_grad_enabled", "unbroadcast", "backward"]
 
 _grad_enabled = True
 
@@ -64,67 +61,7 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     return grad
 
 
-class Function:
-    """One differentiable op. Subclasses define `forward(ctx, *arrays, **params)` and
-    `backward(ctx, dy)`, both static, on arrays; `backward` returns one gradient (or None) per
-    input.
-    """
-
-    registry: dict[str, type] = {}
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.__name__ in Function.registry:
-            raise TypeError(f"Function {cls.__name__!r} is defined twice "
-                            f"({Function.registry[cls.__name__].__module__} and {cls.__module__})")
-        Function.registry[cls.__name__] = cls
-
-    def __init__(self, inputs: tuple):
-        self.inputs = inputs                                   # the input Tensors, in order
-        self.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        self.freed = False
-
-    @staticmethod
-    def forward(ctx, *arrays, **params):
-        raise NotImplementedError
-
-    @staticmethod
-    def backward(ctx, dy):
-        raise NotImplementedError
-
-    @classmethod
-    def apply(cls, *inputs, **params) -> "Tensor":
-        """Run the op on Tensors: unwrap, forward on arrays, wrap, and record the node.
-
-        Non-Tensor inputs (Python numbers, arrays) become constant Tensors; a Python number takes
-        the dtype of the first Tensor input, so `x * 2` keeps float32 float32.
-        """
-        tensors = _as_tensors(cls, inputs)
-        ctx = cls(tensors)
-        out = cls.forward(ctx, *[t.data for t in tensors], **params)
-        if _grad_enabled and any(ctx.needs_input_grad):
-            return Tensor(out, requires_grad=True, _ctx=ctx)
-        return Tensor(out)
-
-
-def _as_tensors(op: type, inputs: tuple) -> tuple:
-    like = next((x for x in inputs if isinstance(x, Tensor)), None)
-    if like is None or all(isinstance(x, Tensor) for x in inputs):
-        return tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
-    tensors = []
-    for x in inputs:
-        if isinstance(x, Tensor):
-            tensors.append(x)
-        elif isinstance(x, Number) and not isinstance(x, bool):
-            tensors.append(Tensor(np.asarray(x, dtype=like.dtype)))
-        elif isinstance(x, (np.ndarray, Number, list, tuple)):
-            tensors.append(Tensor(np.asarray(x)))
-        else:
-            raise TypeError(f"{op.__name__}: cannot use an input of type {type(x).__name__}")
-    return tuple(tensors)
-
-
-def backward(root: "Tensor", grad: np.ndarray, retain_graph: bool = False) -> None:
+def backward(root, grad: np.ndarray, retain_graph: bool = False) -> None:
     """Backpropagate `grad` (shaped like root) to every leaf that requires grad.
 
     The graph is sorted iteratively (a 1,000-layer chain does not hit the recursion limit);
@@ -164,7 +101,7 @@ def backward(root: "Tensor", grad: np.ndarray, retain_graph: bool = False) -> No
             _free(ctx)
 
 
-def _free(ctx: Function) -> None:
+def _free(ctx) -> None:
     """Drop what forward saved for backward and the links to the inputs (the big activations).
 
     The node itself stays on its output, marked freed, so a second backward() can say why it fails.
@@ -175,7 +112,7 @@ def _free(ctx: Function) -> None:
     ctx.inputs, ctx.freed = (), True
 
 
-def _reverse_topological_order(root: "Tensor") -> list:
+def _reverse_topological_order(root) -> list:
     """Tensors reachable from root that require grad, each before every tensor it was made from.
 
     Iterative depth-first search: a tensor is appended after all the tensors it was made from
@@ -199,7 +136,3 @@ def _reverse_topological_order(root: "Tensor") -> list:
     order.reverse()
     return order
 
-
-# Tensor's methods call the ops, and the ops subclass Function above: importing Tensor last, once
-# Function exists, lets tensor.py and the ops import this module without a cycle.
-from .tensor import Tensor  # noqa: E402

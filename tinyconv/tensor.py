@@ -1,15 +1,85 @@
-"""Tensor: an ndarray that remembers how it was made, so gradients can flow back through it.
+"""Tensor, an ndarray that remembers how it was made, and Function, one differentiable op.
 
-Each method below is one line that calls one op (a Function in tinyconv/ops/); read the op to see
-its forward and backward side by side.
+A `Function` subclass is one differentiable op. Its `forward` and `backward` are static methods on
+plain NumPy arrays; the instance (`ctx`) is the node of the graph: it keeps its input Tensors, in
+order, and whatever backward needs under readable names (`ctx.x_shape = x.shape`). Every subclass
+registers itself in `Function.registry`, so a test can ask that each op has a gradient check.
+
+Each Tensor method is one line that calls one op (a Function in tinyconv/ops/); read the op to see
+its forward and backward side by side. autograd.py walks the graph backward.
+
+The package's one import circle: the ops subclass Function (defined here) and Tensor's methods
+call the ops, so the ops are imported at the bottom of this file, once Function and Tensor exist.
 """
 from __future__ import annotations
+
+from numbers import Number
 
 import numpy as np
 
 from . import autograd
 
-__all__ = ["Tensor"]
+__all__ = ["Function", "Tensor"]
+
+
+class Function:
+    """One differentiable op. Subclasses define `forward(ctx, *arrays, **params)` and
+    `backward(ctx, dy)`, both static, on arrays; `backward` returns one gradient (or None) per
+    input.
+    """
+
+    registry: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__name__ in Function.registry:
+            raise TypeError(f"Function {cls.__name__!r} is defined twice "
+                            f"({Function.registry[cls.__name__].__module__} and {cls.__module__})")
+        Function.registry[cls.__name__] = cls
+
+    def __init__(self, inputs: tuple):
+        self.inputs = inputs                                   # the input Tensors, in order
+        self.needs_input_grad = tuple(t.requires_grad for t in inputs)
+        self.freed = False
+
+    @staticmethod
+    def forward(ctx, *arrays, **params):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, dy):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **params) -> "Tensor":
+        """Run the op on Tensors: unwrap, forward on arrays, wrap, and record the node.
+
+        Non-Tensor inputs (Python numbers, arrays) become constant Tensors; a Python number takes
+        the dtype of the first Tensor input, so `x * 2` keeps float32 float32.
+        """
+        tensors = _as_tensors(cls, inputs)
+        ctx = cls(tensors)
+        out = cls.forward(ctx, *[t.data for t in tensors], **params)
+        if autograd.is_grad_enabled() and any(ctx.needs_input_grad):
+            return Tensor(out, requires_grad=True, _ctx=ctx)
+        return Tensor(out)
+
+
+def _as_tensors(op: type, inputs: tuple) -> tuple:
+    like = next((x for x in inputs if isinstance(x, Tensor)), None)
+    if like is None or all(isinstance(x, Tensor) for x in inputs):
+        return tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
+    tensors = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            tensors.append(x)
+        elif isinstance(x, Number) and not isinstance(x, bool):
+            tensors.append(Tensor(np.asarray(x, dtype=like.dtype)))
+        elif isinstance(x, (np.ndarray, Number, list, tuple)):
+            tensors.append(Tensor(np.asarray(x)))
+        else:
+            raise TypeError(f"{op.__name__}: cannot use an input of type {type(x).__name__}")
+    return tuple(tensors)
 
 
 class Tensor:
@@ -264,8 +334,6 @@ class Tensor:
         return ls.LogSoftmax.apply(self, axis=axis)
 
 
-# The ops subclass autograd.Function and Tensor's methods call them: imported last
-# (see autograd.py).
 from .ops import elementwise as ew  # noqa: E402
 from .ops import loss as ls  # noqa: E402
 from .ops import matmul as mm  # noqa: E402

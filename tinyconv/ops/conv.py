@@ -9,7 +9,7 @@ this file checks the arguments, saves what backward needs, and routes the gradie
 import numpy as np
 
 from .. import kernels
-from ..autograd import Function
+from ..tensor import Function
 
 __all__ = ["Conv2d", "conv2d", "pair", "resolve_padding"]
 

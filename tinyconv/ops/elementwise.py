@@ -5,7 +5,8 @@ Binary ops broadcast like NumPy; their backward undoes it with `unbroadcast`, vi
 import numpy as np
 
 from .. import kernels
-from ..autograd import Function, unbroadcast
+from ..autograd import unbroadcast
+from ..tensor import Function
 
 __all__ = ["Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Sqrt", "Abs", "ReLU",
            "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Clip"]

@@ -4,7 +4,7 @@ Stability: softmax subtracts the row maximum before exp, so logits of 1e4 do not
 """
 import numpy as np
 
-from ..autograd import Function
+from ..tensor import Function
 
 __all__ = ["Softmax", "LogSoftmax", "CrossEntropy", "NLLLoss", "MSELoss"]
 

@@ -10,7 +10,8 @@ import contextlib
 import numpy as np
 
 from .._threads import single_threaded_blas
-from ..autograd import Function, unbroadcast
+from ..autograd import unbroadcast
+from ..tensor import Function
 
 SMALL_GEMM = 1 << 25     # multiply-adds: below this a Linear's GEMMs use one BLAS thread
 

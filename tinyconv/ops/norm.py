@@ -22,8 +22,7 @@ value is unchanged; identity when not training. The mask comes from a np.random.
 import numpy as np
 
 from .. import kernels
-from ..autograd import Function
-from ..tensor import Tensor
+from ..tensor import Function, Tensor
 
 __all__ = ["BatchNorm", "Dropout", "batch_norm", "dropout"]
 

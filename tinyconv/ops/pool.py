@@ -12,8 +12,7 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..autograd import Function
-from ..tensor import Tensor
+from ..tensor import Function, Tensor
 from .conv import pair
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveMaxPool2d", "AdaptiveAvgPool2d", "max_pool2d",

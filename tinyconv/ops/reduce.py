@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ..autograd import Function
+from ..tensor import Function
 
 __all__ = ["Sum", "Mean", "Max", "Min", "Var"]
 

@@ -4,7 +4,7 @@ reshape, transpose/permute, flatten, getitem (slices and integer arrays), pad, c
 """
 import numpy as np
 
-from ..autograd import Function
+from ..tensor import Function
 
 __all__ = ["Reshape", "Transpose", "GetItem", "Pad", "Concat", "Stack", "flatten", "concat",
            "stack"]
