@@ -9,7 +9,8 @@ import pytest
 import tinyconv as tc
 from tinyconv import nn, sched
 from tinyconv.callbacks import Callback, CancelFit, Checkpoint
-from tinyconv.learner import Learner, policy_scheds
+from tinyconv.learner import Learner
+from tinyconv.sched import policy_scheds
 from tinyconv.metrics import accuracy, error_rate, metric_name, top_k_accuracy
 from tinyconv.nn import functional as F
 

@@ -385,3 +385,13 @@ def test_spread_lr_fastai_semantics(lr, n, expected):
 def test_spread_lr_rejects_mismatches(lr):
     with pytest.raises(ValueError, match="spread_lr"):
         S.spread_lr(lr, 3)
+
+
+def test_sgdr_cycles_fit_the_epoch_budget_and_refuse_empty_cycles():
+    from tinyconv.sched import sgdr_cycles
+    assert sgdr_cycles(7, 1, 2) == 3 and sgdr_cycles(6, 1, 2) == 2
+    assert sgdr_cycles(5, 1, 1) == 5 and sgdr_cycles(1, 2, 2) == 1
+    assert sgdr_cycles(10 ** 12, 1, 2) == 39
+    for bad in ((0, 2), (1, 0)):
+        with pytest.raises(ValueError):
+            sgdr_cycles(8, *bad)

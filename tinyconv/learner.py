@@ -10,7 +10,7 @@
 The loop is plain Python that calls events (see callbacks.py for the list and order); everything
 else -- recording, schedules, the LR finder, progress, checkpoints, early stopping -- is a
 callback. A training policy is only a set of schedules handed to a ParamScheduler: `fit_one_cycle`
-is `fit` with {"lr": one_cycle(lr_max), "momentum": one_cycle_mom()}. `policy_scheds` builds them
+is `fit` with {"lr": one_cycle(lr_max), "momentum": one_cycle_mom()}. `sched.policy` builds them
 by name, so `plot.plot_schedule` previews exactly what `fit_*` will run.
 
 Layer groups (the model's `groups()`, or a `splitter`) become the optimizer's parameter groups:
@@ -43,63 +43,9 @@ from .tensor import Tensor
 
 __all__ = ["Learner", "policy_scheds", "POLICIES"]
 
-POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant", "airbench")
-
-
-# --- training policies as schedules ---------------------------------------------------------------
-
-def _per_iteration(f, total_iters):
-    """f(iteration) as f(pos), pos = i / total_iters (snapping i back to an integer)."""
-    def g(pos):
-        t = pos * total_iters
-        return f(round(t) if abs(t - round(t)) < 1e-6 else t)
-    return g
-
-
-def policy_scheds(policy: str, n_epoch: int = 1, n_iter: int = 100, **kwargs):
-    """The schedules of a named training policy: ({"lr": f, ...}, n_epoch).
-
-    Every f maps pos in [0, 1] to a value (a number, or an array with one value per group when the
-    learning rates are). n_iter (batches per epoch) matters for `cyclic`, defined per iteration;
-    `sgdr` decides n_epoch itself. kwargs are those of the Learner method:
-        one_cycle   lr_max, pct_start=0.25, div=25, div_final=1e5, moms=(0.95, 0.85, 0.95)
-        sgdr        lr_max, n_cycles, cycle_len=1, cycle_mult=2, eta_min=0, warmup=False
-        cyclic      base_lr, max_lr, step_size, mode="triangular", gamma=1, cycle_momentum=True,
-                    base_momentum=0.8, max_momentum=0.9
-        flat_cos    lr, pct_start=0.75, div_final=1e5
-        constant    lr
-        airbench    lr, pct_start=0.23, start=0.2, end=0.07 (momentum left as it is)
-    """
-    if policy == "one_cycle":
-        pct_start = kwargs.get("pct_start", 0.25)
-        return {"lr": sched.one_cycle(kwargs["lr_max"], pct_start, kwargs.get("div", 25.0),
-                                      kwargs.get("div_final", 1e5)),
-                "momentum": sched.one_cycle_mom(pct_start, kwargs.get("moms",
-                                                                      (0.95, 0.85, 0.95)))}, n_epoch
-    if policy == "sgdr":
-        f, n_epochs = sched.sgdr(kwargs["lr_max"], kwargs["n_cycles"], kwargs.get("cycle_len", 1),
-                                 kwargs.get("cycle_mult", 2), kwargs.get("eta_min", 0.0),
-                                 kwargs.get("warmup", False))
-        return {"lr": f}, n_epochs
-    if policy == "cyclic":
-        total = n_epoch * n_iter
-        mode, gamma = kwargs.get("mode", "triangular"), kwargs.get("gamma", 1.0)
-        f = sched.cyclic(kwargs["base_lr"], kwargs["max_lr"], kwargs["step_size"], mode, gamma)
-        scheds = {"lr": _per_iteration(f, total)}
-        if kwargs.get("cycle_momentum", True):
-            m = sched.cyclic_mom(kwargs["step_size"], kwargs.get("base_momentum", 0.8),
-                                 kwargs.get("max_momentum", 0.9), mode, gamma)
-            scheds["momentum"] = _per_iteration(m, total)
-        return scheds, n_epoch
-    if policy == "flat_cos":
-        return {"lr": sched.flat_cos(kwargs["lr"], kwargs.get("pct_start", 0.75),
-                                     kwargs.get("div_final", 1e5))}, n_epoch
-    if policy == "airbench":
-        return {"lr": sched.airbench(kwargs["lr"], kwargs.get("pct_start", 0.23),
-                                     kwargs.get("start", 0.2), kwargs.get("end", 0.07))}, n_epoch
-    if policy == "constant":
-        return {"lr": sched.SchedNo(kwargs["lr"])}, n_epoch
-    raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+# the policies by name live beside the schedules; kept here for older callers
+POLICIES = sched.POLICIES
+policy_scheds = sched.policy
 
 
 # --- layer groups ---------------------------------------------------------------------------------
@@ -495,7 +441,7 @@ class Learner:
         return np.array(sched.spread_lr(lr, self.n_groups))
 
     def _fit_policy(self, policy, n_epoch, cbs, start_epoch, **kwargs):
-        scheds, n_epoch = policy_scheds(policy, n_epoch=n_epoch, n_iter=len(self.train_dl),
+        scheds, n_epoch = sched.policy(policy, n_epoch=n_epoch, n_iter=len(self.train_dl),
                                         **kwargs)
         extra = list(cbs) if isinstance(cbs, (list, tuple)) else ([cbs] if cbs else [])
         self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + extra, start_epoch=start_epoch)

@@ -125,13 +125,13 @@ def plot_sched(recorder, path=None):
 def plot_schedule(policy, n_epoch: int = 1, n_iter: int = 100, path=None, **kwargs):
     """Preview a training policy before training: the values it will set at each batch.
 
-    policy: a name from learner.POLICIES with its arguments, e.g.
+    policy: a name from sched.POLICIES with its arguments, e.g.
     plot_schedule("one_cycle", n_epoch=5, n_iter=469, lr_max=0.1) or
     plot_schedule("sgdr", n_iter=100, lr_max=0.1, n_cycles=3, cycle_len=1), the exact schedules of
     the matching learn.fit_* method; or a function f(pos); or a dict {"lr": f, "momentum": g}.
     n_iter: batches per epoch. Epoch boundaries are dotted lines.
     """
-    from .learner import policy_scheds
+    from .sched import policy as policy_scheds
     if isinstance(policy, str):
         scheds, n_epoch = policy_scheds(policy, n_epoch=n_epoch, n_iter=n_iter, **kwargs)
         title = policy

@@ -44,6 +44,7 @@ __all__ = [
     "lr_find_ramp", "lr_find_window", "valley", "slide", "minimum", "steep",
     "SuggestedLRs", "suggest_lrs", "loss_at",
     "even_mults", "spread_lr",
+    "POLICIES", "policy", "policy_scheds", "sgdr_cycles",
 ]
 
 
@@ -511,3 +512,82 @@ def spread_lr(lr, n_groups):
         raise ValueError(f"spread_lr: got {len(lrs)} learning rates for {n_groups} parameter "
                          "groups (give one per group, a single number, or a slice)")
     return lrs
+
+
+# --- training policies by name --------------------------------------------------------------------
+
+POLICIES = ("one_cycle", "sgdr", "cyclic", "flat_cos", "constant", "airbench")
+
+
+def _per_iteration(f, total_iters):
+    """f(iteration) as f(pos), pos = i / total_iters (snapping i back to an integer)."""
+    def g(pos):
+        t = pos * total_iters
+        return f(round(t) if abs(t - round(t)) < 1e-6 else t)
+    return g
+
+
+def policy(name: str, n_epoch: int = 1, n_iter: int = 100, **kwargs):
+    """The schedules of a named training policy: ({"lr": f, ...}, n_epoch).
+
+    Every f maps pos in [0, 1] to a value (a number, or an array with one value per group when the
+    learning rates are). n_iter (batches per epoch) matters for `cyclic`, defined per iteration;
+    `sgdr` decides n_epoch itself. kwargs are those of the Learner method fit_<name>:
+        one_cycle   lr_max, pct_start=0.25, div=25, div_final=1e5, moms=(0.95, 0.85, 0.95)
+        sgdr        lr_max, n_cycles, cycle_len=1, cycle_mult=2, eta_min=0, warmup=False
+        cyclic      base_lr, max_lr, step_size, mode="triangular", gamma=1, cycle_momentum=True,
+                    base_momentum=0.8, max_momentum=0.9
+        flat_cos    lr, pct_start=0.75, div_final=1e5
+        constant    lr
+        airbench    lr, pct_start=0.23, start=0.2, end=0.07 (momentum left as it is)
+    """
+    if name == "one_cycle":
+        pct_start = kwargs.get("pct_start", 0.25)
+        return {"lr": one_cycle(kwargs["lr_max"], pct_start, kwargs.get("div", 25.0),
+                                kwargs.get("div_final", 1e5)),
+                "momentum": one_cycle_mom(pct_start, kwargs.get("moms",
+                                                                (0.95, 0.85, 0.95)))}, n_epoch
+    if name == "sgdr":
+        f, n_epochs = sgdr(kwargs["lr_max"], kwargs["n_cycles"], kwargs.get("cycle_len", 1),
+                           kwargs.get("cycle_mult", 2), kwargs.get("eta_min", 0.0),
+                           kwargs.get("warmup", False))
+        return {"lr": f}, n_epochs
+    if name == "cyclic":
+        total = n_epoch * n_iter
+        mode, gamma = kwargs.get("mode", "triangular"), kwargs.get("gamma", 1.0)
+        f = cyclic(kwargs["base_lr"], kwargs["max_lr"], kwargs["step_size"], mode, gamma)
+        scheds = {"lr": _per_iteration(f, total)}
+        if kwargs.get("cycle_momentum", True):
+            m = cyclic_mom(kwargs["step_size"], kwargs.get("base_momentum", 0.8),
+                           kwargs.get("max_momentum", 0.9), mode, gamma)
+            scheds["momentum"] = _per_iteration(m, total)
+        return scheds, n_epoch
+    if name == "flat_cos":
+        return {"lr": flat_cos(kwargs["lr"], kwargs.get("pct_start", 0.75),
+                               kwargs.get("div_final", 1e5))}, n_epoch
+    if name == "airbench":
+        return {"lr": airbench(kwargs["lr"], kwargs.get("pct_start", 0.23),
+                               kwargs.get("start", 0.2), kwargs.get("end", 0.07))}, n_epoch
+    if name == "constant":
+        return {"lr": SchedNo(kwargs["lr"])}, n_epoch
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+
+
+policy_scheds = policy      # the older name (learner.policy_scheds, plot, the CLI)
+
+
+def sgdr_cycles(epochs: int, cycle_len: int, cycle_mult: int) -> int:
+    """The most SGDR cycles that fit in `epochs` (at least one).
+
+    Raises ValueError when cycle_len or cycle_mult is below 1 (a cycle that never fills the
+    budget)."""
+    if cycle_len < 1 or cycle_mult < 1:   # a cycle of 0 epochs would never fill the budget
+        raise ValueError(f"sgdr: cycle_len and cycle_mult must be >= 1, got {cycle_len} "
+                         f"and {cycle_mult}")
+    if cycle_mult == 1:                   # closed form: a loop of `epochs` steps could be endless
+        return max(epochs // cycle_len, 1)
+    n, total = 0, 0                       # cycles grow geometrically: about log2(epochs) steps
+    while total + cycle_len * cycle_mult ** n <= epochs:
+        total += cycle_len * cycle_mult ** n
+        n += 1
+    return max(n, 1)
