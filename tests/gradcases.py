@@ -43,7 +43,7 @@ import numpy as np
 
 from tinyconv import Tensor
 from tinyconv.nn import functional as F
-from tinyconv.ops import shape as sh
+from tinyconv.ops import shape as shape_ops
 from tinyconv.testing import check_grads, check_grads_directional
 
 __all__ = ["GradCase", "randn", "away_from_zero", "positive", "distinct", "run_case",
@@ -186,12 +186,13 @@ GRAD_CASES = {
                 GradCase(lambda a: a[1], (randn(3, 2),))],
     "Pad": [GradCase(lambda a: a.pad(((1, 0), (2, 3))), (randn(2, 3),)),
             GradCase(lambda a: a.pad(1, value=0.5), (randn(2, 2),))],
-    "Concat": [GradCase(lambda a, b, c: sh.concat([a, b, c], axis=1),
+    "Concat": [GradCase(lambda a, b, c: shape_ops.concat([a, b, c], axis=1),
                         (randn(2, 1, 3), randn(2, 3, 3), randn(2, 2, 3))),
-               GradCase(lambda a, b: sh.concat([a, b], axis=-1), (randn(2, 3), randn(2, 1)))],
-    "Stack": [GradCase(lambda a, b, c: sh.stack([a, b, c]), (randn(2, 3), randn(2, 3),
-                                                              randn(2, 3))),
-              GradCase(lambda a, b: sh.stack([a, b], axis=-1), (randn(2, 3), randn(2, 3)))],
+               GradCase(lambda a, b: shape_ops.concat([a, b], axis=-1),
+                        (randn(2, 3), randn(2, 1)))],
+    "Stack": [GradCase(lambda a, b, c: shape_ops.stack([a, b, c]),
+                       (randn(2, 3), randn(2, 3), randn(2, 3))),
+              GradCase(lambda a, b: shape_ops.stack([a, b], axis=-1), (randn(2, 3), randn(2, 3)))],
     # ---- matrix products ----
     "MatMul": [GradCase(lambda a, b: a @ b, (randn(3, 4), randn(4, 2))),
                GradCase(lambda a, b: a @ b, (randn(2, 1, 3, 4), randn(5, 4, 2))),

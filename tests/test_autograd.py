@@ -7,7 +7,7 @@ from gradcases import GRAD_CASES
 from tinyconv import Function, Tensor
 from tinyconv.autograd import unbroadcast
 from tinyconv.nn import functional as F
-from tinyconv.ops import shape as sh
+from tinyconv.ops import shape as shape_ops
 
 
 # Test-only Functions, defined once at module level (the registry refuses a second class of the
@@ -287,8 +287,8 @@ def test_backward_returning_too_many_gradients_is_an_error():
     (lambda a, b: a * b, r"mul: shapes \(2, 3\) and \(4,\)"),
     (lambda a, b: a / b, r"div: shapes \(2, 3\) and \(4,\)"),
     (lambda a, b: a @ b, r"matmul: inner dimensions differ: \(2, 3\) @ \(4,\)"),
-    (lambda a, b: sh.concat([a, b]), r"concat: shapes \[\(2, 3\), \(4,\)\]"),
-    (lambda a, b: sh.stack([a, b]), r"stack: all inputs need the same shape"),
+    (lambda a, b: shape_ops.concat([a, b]), r"concat: shapes \[\(2, 3\), \(4,\)\]"),
+    (lambda a, b: shape_ops.stack([a, b]), r"stack: all inputs need the same shape"),
     (lambda a, b: F.mse_loss(a, b), r"mse_loss: input \(2, 3\) and target \(4,\)"),
     (lambda a, b: F.linear(a, b.reshape(2, 2)), r"linear: input has 3 features but weight "
                                                 r"\(2, 2\) expects 2"),
@@ -346,9 +346,9 @@ def test_cross_entropy_rejects_bad_targets(target, pattern):
 def test_bad_axes_raise_instead_of_wrapping_around():
     x = Tensor(np.ones((2, 3)))
     with pytest.raises(ValueError, match=r"concat: axis 2 is out of range"):
-        sh.concat([x, x], axis=2)
+        shape_ops.concat([x, x], axis=2)
     with pytest.raises(ValueError, match=r"stack: axis 3 is out of range"):
-        sh.stack([x, x], axis=3)
+        shape_ops.stack([x, x], axis=3)
     with pytest.raises(ValueError, match=r"reduction: axis 2 is out of range for a 2-d input"):
         x.sum(axis=2)
     with pytest.raises(ValueError, match=r"transpose: axes \(0, 2\) out of range"):

@@ -9,7 +9,7 @@ import pytest
 
 from tinyconv import Function, Tensor
 from tinyconv.nn import functional as F
-from tinyconv.ops import shape as sh
+from tinyconv.ops import shape as shape_ops
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -117,13 +117,13 @@ TORCH_CASES = {
                 both(lambda a: a[-1], randn(3, 2))],
     "Pad": [pair(lambda a: a.pad(((0, 0), (1, 0), (2, 3)), value=0.5),
                  lambda a: TF.pad(a, (2, 3, 1, 0), value=0.5), randn(2, 3, 4))],
-    "Concat": [pair(lambda *xs: sh.concat(xs, axis=1), lambda *xs: torch.cat(xs, dim=1),
+    "Concat": [pair(lambda *xs: shape_ops.concat(xs, axis=1), lambda *xs: torch.cat(xs, dim=1),
                     randn(2, 1, 3), randn(2, 3, 3), randn(2, 2, 3)),
-               pair(lambda *xs: sh.concat(xs, axis=-1), lambda *xs: torch.cat(xs, dim=-1),
+               pair(lambda *xs: shape_ops.concat(xs, axis=-1), lambda *xs: torch.cat(xs, dim=-1),
                     randn(2, 3), randn(2, 1))],
-    "Stack": [pair(lambda *xs: sh.stack(xs), lambda *xs: torch.stack(xs),
+    "Stack": [pair(lambda *xs: shape_ops.stack(xs), lambda *xs: torch.stack(xs),
                    randn(2, 3), randn(2, 3), randn(2, 3)),
-              pair(lambda *xs: sh.stack(xs, axis=-1), lambda *xs: torch.stack(xs, dim=-1),
+              pair(lambda *xs: shape_ops.stack(xs, axis=-1), lambda *xs: torch.stack(xs, dim=-1),
                    randn(2, 3), randn(2, 3))],
     "MatMul": [both(lambda a, b: a @ b, randn(3, 4), randn(4, 2)),
                both(lambda a, b: a @ b, randn(2, 1, 3, 4), randn(5, 4, 2)),

@@ -175,116 +175,116 @@ class Tensor:
 
     # ---- arithmetic (NumPy broadcasting) ---------------------------------------------------------
     def __add__(self, other):
-        return ew.Add.apply(self, other)
+        return elementwise.Add.apply(self, other)
 
     def __radd__(self, other):
-        return ew.Add.apply(other, self)
+        return elementwise.Add.apply(other, self)
 
     def __sub__(self, other):
-        return ew.Sub.apply(self, other)
+        return elementwise.Sub.apply(self, other)
 
     def __rsub__(self, other):
-        return ew.Sub.apply(other, self)
+        return elementwise.Sub.apply(other, self)
 
     def __mul__(self, other):
-        return ew.Mul.apply(self, other)
+        return elementwise.Mul.apply(self, other)
 
     def __rmul__(self, other):
-        return ew.Mul.apply(other, self)
+        return elementwise.Mul.apply(other, self)
 
     def __truediv__(self, other):
-        return ew.Div.apply(self, other)
+        return elementwise.Div.apply(self, other)
 
     def __rtruediv__(self, other):
-        return ew.Div.apply(other, self)
+        return elementwise.Div.apply(other, self)
 
     def __neg__(self):
-        return ew.Neg.apply(self)
+        return elementwise.Neg.apply(self)
 
     def __pow__(self, exponent):
         return self.pow(exponent)
 
     def __matmul__(self, other):
-        return mm.MatMul.apply(self, other)
+        return matmul.MatMul.apply(self, other)
 
     def __rmatmul__(self, other):
-        return mm.MatMul.apply(other, self)
+        return matmul.MatMul.apply(other, self)
 
     def __getitem__(self, index):
-        return sh.GetItem.apply(self, index=index)
+        return shape_ops.GetItem.apply(self, index=index)
 
     # ---- elementwise -----------------------------------------------------------------------------
     def pow(self, exponent: float) -> "Tensor":
         """x ** exponent for a scalar exponent."""
-        return ew.Pow.apply(self, exponent=exponent)
+        return elementwise.Pow.apply(self, exponent=exponent)
 
     def exp(self) -> "Tensor":
         """e ** x, elementwise."""
-        return ew.Exp.apply(self)
+        return elementwise.Exp.apply(self)
 
     def log(self) -> "Tensor":
         """Natural logarithm, elementwise."""
-        return ew.Log.apply(self)
+        return elementwise.Log.apply(self)
 
     def sqrt(self) -> "Tensor":
         """Square root, elementwise."""
-        return ew.Sqrt.apply(self)
+        return elementwise.Sqrt.apply(self)
 
     def abs(self) -> "Tensor":
         """|x|, elementwise (gradient 0 at 0)."""
-        return ew.Abs.apply(self)
+        return elementwise.Abs.apply(self)
 
     def relu(self) -> "Tensor":
         """max(x, 0), elementwise."""
-        return ew.ReLU.apply(self)
+        return elementwise.ReLU.apply(self)
 
     def leaky_relu(self, negative_slope: float = 0.01) -> "Tensor":
         """x if x > 0 else negative_slope * x, elementwise."""
-        return ew.LeakyReLU.apply(self, negative_slope=negative_slope)
+        return elementwise.LeakyReLU.apply(self, negative_slope=negative_slope)
 
     def gelu(self, approximate: str = "none") -> "Tensor":
         """x * Phi(x) (Phi the standard normal CDF), elementwise; "tanh" approximates Phi."""
-        return ew.GELU.apply(self, approximate=approximate)
+        return elementwise.GELU.apply(self, approximate=approximate)
 
     def sigmoid(self) -> "Tensor":
         """1 / (1 + e^-x), elementwise."""
-        return ew.Sigmoid.apply(self)
+        return elementwise.Sigmoid.apply(self)
 
     def tanh(self) -> "Tensor":
         """Hyperbolic tangent, elementwise."""
-        return ew.Tanh.apply(self)
+        return elementwise.Tanh.apply(self)
 
     def clip(self, min=None, max=None) -> "Tensor":
         """Clamp into [min, max]; the gradient is 0 where the value was clipped."""
-        return ew.Clip.apply(self, min=min, max=max)
+        return elementwise.Clip.apply(self, min=min, max=max)
 
     # ---- reductions ------------------------------------------------------------------------------
     def sum(self, axis=None, keepdims: bool = False) -> "Tensor":
         """Sum over `axis` (int, tuple or None for all)."""
-        return rd.Sum.apply(self, axis=axis, keepdims=keepdims)
+        return reduce.Sum.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims: bool = False) -> "Tensor":
         """Mean over `axis`."""
-        return rd.Mean.apply(self, axis=axis, keepdims=keepdims)
+        return reduce.Mean.apply(self, axis=axis, keepdims=keepdims)
 
     def max(self, axis=None, keepdims: bool = False) -> "Tensor":
         """Maximum over `axis`; tied maxima share the gradient equally."""
-        return rd.Max.apply(self, axis=axis, keepdims=keepdims)
+        return reduce.Max.apply(self, axis=axis, keepdims=keepdims)
 
     def min(self, axis=None, keepdims: bool = False) -> "Tensor":
         """Minimum over `axis`; tied minima share the gradient equally."""
-        return rd.Min.apply(self, axis=axis, keepdims=keepdims)
+        return reduce.Min.apply(self, axis=axis, keepdims=keepdims)
 
     def var(self, axis=None, keepdims: bool = False, correction: int = 1) -> "Tensor":
         """Variance over `axis` with `correction` (1: unbiased, as torch.var; 0: biased)."""
-        return rd.Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
+        return reduce.Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
 
     # ---- shape -----------------------------------------------------------------------------------
     def reshape(self, *shape) -> "Tensor":
         """Same data, new shape (one dimension may be -1)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return sh.Reshape.apply(self, shape=shape)
+        return shape_ops.Reshape.apply(self, shape=shape)
 
     def view(self, *shape) -> "Tensor":
         """Alias of reshape, for PyTorch users."""
@@ -292,7 +292,7 @@ class Tensor:
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         """Merge dimensions start_dim..end_dim into one."""
-        return sh.flatten(self, start_dim, end_dim)
+        return shape_ops.flatten(self, start_dim, end_dim)
 
     def transpose(self, *axes) -> "Tensor":
         """Permute axes (like np.transpose); with two ints, swap those two axes (like torch).
@@ -308,34 +308,34 @@ class Tensor:
             order = list(range(self.ndim))
             order[a], order[b] = order[b], order[a]
             axes = tuple(order)
-        return sh.Transpose.apply(self, axes=axes or None)
+        return shape_ops.Transpose.apply(self, axes=axes or None)
 
     def permute(self, *axes) -> "Tensor":
         """Reorder all axes: x.permute(0, 2, 3, 1)."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        return sh.Transpose.apply(self, axes=axes)
+        return shape_ops.Transpose.apply(self, axes=axes)
 
     @property
     def T(self) -> "Tensor":
-        return sh.Transpose.apply(self, axes=None)
+        return shape_ops.Transpose.apply(self, axes=None)
 
     def pad(self, pad_width, value: float = 0.0) -> "Tensor":
         """Constant padding, `pad_width` as np.pad: ((before, after), ...) per axis."""
-        return sh.Pad.apply(self, pad_width=pad_width, value=value)
+        return shape_ops.Pad.apply(self, pad_width=pad_width, value=value)
 
     # ---- activations and losses ------------------------------------------------------------------
     def softmax(self, axis: int = -1) -> "Tensor":
         """exp(x) / sum(exp(x)) along `axis`."""
-        return ls.Softmax.apply(self, axis=axis)
+        return loss.Softmax.apply(self, axis=axis)
 
     def log_softmax(self, axis: int = -1) -> "Tensor":
         """x - logsumexp(x) along `axis`, computed stably."""
-        return ls.LogSoftmax.apply(self, axis=axis)
+        return loss.LogSoftmax.apply(self, axis=axis)
 
 
-from .ops import elementwise as ew  # noqa: E402
-from .ops import loss as ls  # noqa: E402
-from .ops import matmul as mm  # noqa: E402
-from .ops import reduce as rd  # noqa: E402
-from .ops import shape as sh  # noqa: E402
+from .ops import elementwise  # noqa: E402
+from .ops import loss  # noqa: E402
+from .ops import matmul  # noqa: E402
+from .ops import reduce  # noqa: E402
+from .ops import shape as shape_ops  # noqa: E402

@@ -4,9 +4,9 @@ Each function is a thin, documented entry to one op in tinyconv/ops/.
 """
 import numpy as np
 
-from ..ops import elementwise as ew
-from ..ops import loss as ls
-from ..ops import matmul as mm
+from ..ops import elementwise
+from ..ops import loss
+from ..ops import matmul
 # convolution, pooling, batch norm and dropout are documented where they are defined
 from ..ops.conv import conv2d
 from ..ops.norm import batch_norm, dropout
@@ -25,22 +25,22 @@ def linear(x, weight, bias=None):
     """
     params = (weight,) if bias is None else (weight, bias)
     if x.ndim == 2:
-        return mm.Linear.apply(x, *params)
+        return matmul.Linear.apply(x, *params)
     if x.ndim == 0 or weight.ndim != 2:
         raise ValueError(f"linear: expected x (*, in_features) and weight (out_features, "
                          f"in_features), got {x.shape} and {weight.shape}")
-    y = mm.Linear.apply(x.reshape(-1, x.shape[-1]), *params)        # (prod(*), out)
+    y = matmul.Linear.apply(x.reshape(-1, x.shape[-1]), *params)        # (prod(*), out)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def relu(x):
     """max(x, 0), elementwise."""
-    return ew.ReLU.apply(x)
+    return elementwise.ReLU.apply(x)
 
 
 def leaky_relu(x, negative_slope: float = 0.01):
     """x if x > 0 else negative_slope * x."""
-    return ew.LeakyReLU.apply(x, negative_slope=negative_slope)
+    return elementwise.LeakyReLU.apply(x, negative_slope=negative_slope)
 
 
 def gelu(x, approximate: str = "none"):
@@ -49,43 +49,43 @@ def gelu(x, approximate: str = "none"):
     approximate="none": the exact form 0.5 x (1 + erf(x / sqrt 2)); "tanh": torch's
     approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
     """
-    return ew.GELU.apply(x, approximate=approximate)
+    return elementwise.GELU.apply(x, approximate=approximate)
 
 
 def sigmoid(x):
     """1 / (1 + e^-x)."""
-    return ew.Sigmoid.apply(x)
+    return elementwise.Sigmoid.apply(x)
 
 
 def tanh(x):
     """Hyperbolic tangent."""
-    return ew.Tanh.apply(x)
+    return elementwise.Tanh.apply(x)
 
 
 def softmax(x, dim: int = -1):
     """exp(x) / sum(exp(x)) along `dim`."""
-    return ls.Softmax.apply(x, axis=dim)
+    return loss.Softmax.apply(x, axis=dim)
 
 
 def log_softmax(x, dim: int = -1):
     """log(softmax(x)) along `dim`, computed stably."""
-    return ls.LogSoftmax.apply(x, axis=dim)
+    return loss.LogSoftmax.apply(x, axis=dim)
 
 
 def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: float = 0.0):
     """logits (N, K), integer targets (N,) -> mean/sum loss () or per-sample losses (N,)."""
-    return ls.CrossEntropy.apply(logits, _targets(target), reduction=reduction,
+    return loss.CrossEntropy.apply(logits, _targets(target), reduction=reduction,
                                  label_smoothing=label_smoothing)
 
 
 def nll_loss(log_probs, target, reduction: str = "mean"):
     """Negative log-likelihood of integer targets (N,) under log_probs (N, K)."""
-    return ls.NLLLoss.apply(log_probs, _targets(target), reduction=reduction)
+    return loss.NLLLoss.apply(log_probs, _targets(target), reduction=reduction)
 
 
 def mse_loss(x, target, reduction: str = "mean"):
     """Mean (or sum, or per-element) of (x - target)^2."""
-    return ls.MSELoss.apply(x, target, reduction=reduction)
+    return loss.MSELoss.apply(x, target, reduction=reduction)
 
 
 def _targets(target):
