@@ -13,6 +13,7 @@ import numpy as np
 
 from . import functional as F
 from . import init
+from ..ops._args import pair
 from .module import Buffer, Module, Parameter, Sequential
 
 __all__ = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "GELU", "MaxPool2d", "AvgPool2d",
@@ -21,11 +22,9 @@ __all__ = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "GELU", "MaxPool2d", "AvgP
 
 
 def _pair(value, name: str) -> tuple[int, int]:
-    """An int or a pair of ints -> (vertical, horizontal)."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return int(pair[0]), int(pair[1])
+    """An int or a pair of ints -> (vertical, horizontal); name is "Layer setting"."""
+    layer, setting = name.split(" ", 1)
+    return pair(value, setting, layer, 0)
 
 
 def _empty(*shape) -> Parameter:

@@ -10,18 +10,9 @@ import numpy as np
 
 from .. import kernels
 from ..tensor import Function
+from ._args import pair
 
 __all__ = ["Conv2d", "conv2d", "pair", "resolve_padding"]
-
-
-def pair(value, name: str, op: str, minimum: int) -> tuple:
-    """An int or a pair of ints as (rows, cols), each >= minimum; errors name the op."""
-    items = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(items) != 2 or not all(isinstance(v, (int, np.integer)) for v in items):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    if min(items) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
-    return int(items[0]), int(items[1])
 
 
 def resolve_padding(padding, kernel_size: tuple, stride: tuple, dilation: tuple) -> tuple:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import kernels
 from ..tensor import Function, Tensor
-from .conv import pair
+from ._args import pair
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveMaxPool2d", "AdaptiveAvgPool2d", "max_pool2d",
            "avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool2d"]
