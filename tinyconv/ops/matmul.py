@@ -2,8 +2,8 @@
 
 A small fully connected layer (a classifier head on precomputed features: (32, 1024) @
 (1024, 512)) runs its GEMMs with BLAS on one thread. Two BLAS threads hardly gain there, and
-handing the work over costs: on the shared 2-core machine a head step took 10 to 110 ms, with
-the threads waiting for each other, against a steady 3.3 ms on one (measured, issue 17).
+handing the work over costs more than it saves: the threads wait for each other (measured in
+issue 17; the figures are in benchmarks/README.md).
 """
 import contextlib
 
