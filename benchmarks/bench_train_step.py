@@ -138,7 +138,7 @@ def profile(net_name, steps, warmup):
     graph sort, gradient bookkeeping, Tensor wrapping, Python calls), per step."""
     step = _tinyconv_step(net_name)
     from tinyconv import optim
-    from tinyconv.autograd import Function
+    from tinyconv import Function
     totals = defaultdict(float)
 
     def timed(fn, key):
