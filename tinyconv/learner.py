@@ -48,6 +48,13 @@ POLICIES = sched.POLICIES
 policy_scheds = sched.policy
 
 
+def _as_list(cbs) -> list:
+    """Callbacks given as None, one callback, or a list/tuple of them -> a new list."""
+    if cbs is None:
+        return []
+    return list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
+
+
 # --- layer groups ---------------------------------------------------------------------------------
 
 def _params_of(item, where: str) -> list:
@@ -171,7 +178,7 @@ class Learner:
         self.lr, self.wd, self.moms, self.train_bn = lr, wd, moms, train_bn
         self.opt = None
         self.cbs, self._handlers = [], {}
-        cbs = list(cbs) if isinstance(cbs, (list, tuple)) else ([cbs] if cbs else [])
+        cbs = _as_list(cbs)
         # a ProgressCallback given in cbs (e.g. writing to a file) replaces the default one
         given = [cb for cb in cbs if isinstance(cb, ProgressCallback)]
         self.progress = given[0] if given else ProgressCallback(silent=silent)
@@ -196,7 +203,7 @@ class Learner:
     # ---- callbacks ---------------------------------------------------------------------------
     def add_cbs(self, cbs) -> "Learner":
         """Add callbacks (instances, or classes to instantiate); they run in order of `order`."""
-        for cb in cbs if isinstance(cbs, (list, tuple)) else [cbs]:
+        for cb in _as_list(cbs):
             cb = cb() if isinstance(cb, type) else cb
             if not isinstance(cb, Callback):
                 raise TypeError(f"Learner: callbacks must be Callback instances, got {cb!r}")
@@ -206,7 +213,7 @@ class Learner:
         return self
 
     def remove_cbs(self, cbs) -> "Learner":
-        for cb in cbs if isinstance(cbs, (list, tuple)) else [cbs]:
+        for cb in _as_list(cbs):
             self.cbs.remove(cb)
         self._sort_handlers()
         return self
@@ -214,7 +221,7 @@ class Learner:
     @contextlib.contextmanager
     def added_cbs(self, cbs):
         """Callbacks for the duration of a `with` block (e.g. one fit)."""
-        cbs = list(cbs) if isinstance(cbs, (list, tuple)) else ([cbs] if cbs else [])
+        cbs = _as_list(cbs)
         self.add_cbs(cbs)
         try:
             yield
@@ -443,7 +450,7 @@ class Learner:
     def _fit_policy(self, policy, n_epoch, cbs, start_epoch, **kwargs):
         scheds, n_epoch = sched.policy(policy, n_epoch=n_epoch, n_iter=len(self.train_dl),
                                         **kwargs)
-        extra = list(cbs) if isinstance(cbs, (list, tuple)) else ([cbs] if cbs else [])
+        extra = _as_list(cbs)
         self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + extra, start_epoch=start_epoch)
         return scheds
 
@@ -462,7 +469,7 @@ class Learner:
         lasts cycle_len * cycle_mult**i epochs. snapshot_prefix: save the model at the end of
         every cycle as {prefix}_cycle{k}.npz."""
         lr_max = self._lrs(lr_max)
-        extra = list(cbs) if isinstance(cbs, (list, tuple)) else ([cbs] if cbs else [])
+        extra = _as_list(cbs)
         if snapshot_prefix is not None:
             f, _ = sched.sgdr(lr_max, n_cycles, cycle_len, cycle_mult, eta_min)
             extra.append(CycleSnapshots(f.cycle_ends, snapshot_prefix))
