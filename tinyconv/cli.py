@@ -1,6 +1,6 @@
 """The `tinyconv` command: train, lr-find, evaluate, predict, show-aug, plot-schedule, export.
 
-    tinyconv train                              # mnist_cnn on the bundled MNIST: LR finder, one-cycle
+    tinyconv train                            # mnist_cnn on the bundled MNIST: LR finder, one-cycle
     tinyconv train --data pets/ --arch resnet9 --aug side_on --epochs 10 --tta
     tinyconv evaluate runs/<stamp>/model.npz --data mnist --json
 
@@ -42,7 +42,8 @@ class DataSpec:
     """What `--data` resolved to: datasets, where they came from, and a name for the report."""
 
     def __init__(self, kind, train, valid, test, classes):
-        self.kind, self.train, self.valid, self.test, self.classes = kind, train, valid, test, classes
+        self.kind, self.classes = kind, classes
+        self.train, self.valid, self.test = train, valid, test
 
 
 def load_data(args, valid_pct: float, hold_out: bool = True) -> DataSpec:

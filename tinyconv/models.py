@@ -88,7 +88,7 @@ def resnet9(num_classes: int = 10, width: int = 64, logit_scale: float = 1.0, rn
 
 ARCHITECTURES = {"mnist_cnn": mnist_cnn, "resnet9": resnet9}
 ARCHITECTURES.update(airbench94=airbench94, resnet18=resnet18, resnet34=resnet34, resnet50=resnet50)
-ARCHITECTURES.update(transfer_net=transfer_net)   # what tc.load rebuilds a vision_learner's net with
+ARCHITECTURES.update(transfer_net=transfer_net)  # what tc.load rebuilds a vision_learner's net with
 
 
 def build(arch_name: str, **arch_args) -> Module:
