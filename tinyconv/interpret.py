@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import plot
 
 __all__ = ["ClassificationInterpretation"]
 
@@ -81,6 +80,7 @@ class ClassificationInterpretation:
 
     def plot_confusion_matrix(self, path=None, normalize: bool = False):
         """The confusion matrix as a figure (saved as PNG when path is given)."""
+        from . import plot     # matplotlib loads only when a picture is drawn
         return plot.plot_confusion_matrix(self.confusion_matrix(), self.classes,
                                           normalize=normalize, path=path)
 
@@ -93,5 +93,6 @@ class ClassificationInterpretation:
         titles = [f"{self.classes[self.preds[i]]} / {self.classes[self.targets[i]]} / "
                   f"{losses[n]:.2f} / {self.probs[i, self.targets[i]]:.2f}"
                   for n, i in enumerate(idxs)]
+        from . import plot
         return plot.plot_top_losses(np.asarray(self.images)[idxs], titles, path=path,
                                     ncols=ncols)
