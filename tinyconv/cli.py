@@ -23,7 +23,8 @@ import numpy as np
 from .cli_types import finite_float, int_at_least
 from .augment import TTA_MODES
 from .cli_recipe import RECIPES
-from .learner import POLICIES
+from . import sched
+from .sched import POLICIES
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -462,21 +463,16 @@ def _choose_lr(args, learn, out) -> float:
 
 
 def sgdr_cycles(epochs: int, cycle_len: int, cycle_mult: int) -> int:
-    """The most SGDR cycles that fit in `epochs` (at least one)."""
-    if cycle_len < 1 or cycle_mult < 1:   # a cycle of 0 epochs would never fill the budget
+    """sched.sgdr_cycles, its refusal worded for the command line's flags."""
+    try:
+        return sched.sgdr_cycles(epochs, cycle_len, cycle_mult)
+    except ValueError:
         raise UsageError(f"sgdr: --cycle-len and --cycle-mult must be >= 1, got {cycle_len} "
-                         f"and {cycle_mult}")
-    if cycle_mult == 1:                   # closed form: a loop of --epochs steps could be endless
-        return max(epochs // cycle_len, 1)
-    n, total = 0, 0                       # cycles grow geometrically: about log2(epochs) steps
-    while total + cycle_len * cycle_mult ** n <= epochs:
-        total += cycle_len * cycle_mult ** n
-        n += 1
-    return max(n, 1)
+                         f"and {cycle_mult}") from None
 
 
 def policy_kwargs(args, lr: float, n_iter: int) -> dict:
-    """The arguments of --policy for a peak learning rate `lr` (see learner.policy_scheds).
+    """The arguments of --policy for a peak learning rate `lr` (see sched.policy).
 
     sgdr fits as many cycles as --epochs allows; cyclic runs one triangle per epoch from lr/10.
     """
@@ -730,7 +726,6 @@ def cmd_show_aug(args) -> int:
 
 def cmd_plot_schedule(args) -> int:
     from . import plot
-    from .learner import policy_scheds
 
     if args.epochs * args.iters > PLOT_MAX_POINTS:   # one point per batch: bound the drawing
         raise UsageError(f"plot-schedule: --epochs {args.epochs} x --iters {args.iters} is more "
@@ -740,7 +735,7 @@ def cmd_plot_schedule(args) -> int:
     kwargs = policy_kwargs(args, lr, args.iters)
     path = os.path.join(out, "schedule.png")
     plot.plot_schedule(args.policy, n_epoch=args.epochs, n_iter=args.iters, path=path, **kwargs)
-    scheds, n_epoch = policy_scheds(args.policy, n_epoch=args.epochs, n_iter=args.iters, **kwargs)
+    scheds, n_epoch = sched.policy(args.policy, n_epoch=args.epochs, n_iter=args.iters, **kwargs)
     print(ascii_sketch(scheds["lr"], f"lr ({args.policy}, {n_epoch} epochs)"))
     print(f"wrote {path}")
     return 0
