@@ -23,7 +23,6 @@ import numpy as np
 from .cli_types import finite_float, int_at_least
 from .augment import TTA_MODES
 from .cli_recipe import RECIPES
-from .data.from_path import eval_from_path, make_loader, make_loaders
 from . import sched
 from .sched import POLICIES
 
@@ -40,11 +39,18 @@ class UsageError(Exception):
 
 
 # ---- data ----------------------------------------------------------------------------------------
-def load_data(args, valid_pct: float, hold_out: bool = True):
-    """`tc.data.from_path` for the command's --data, --size and --seed, then its --limit."""
-    from .data import from_path
-    ds = from_path(args.data, valid_pct, args.seed, size=args.size,
-                   crop=getattr(args, "crop", False), hold_out=hold_out)
+class DataSpec:
+    """What `--data` resolved to: datasets, where they came from, and a name for the report."""
+
+    def __init__(self, kind, train, valid, test, classes):
+        self.kind, self.classes = kind, classes
+        self.train, self.valid, self.test = train, valid, test
+
+
+def load_data(args, valid_pct: float, hold_out: bool = True) -> DataSpec:
+    """`detect_data` for the command's --data, --size and --seed, then its --limit."""
+    ds = detect_data(args.data, valid_pct, args.seed, size=args.size,
+                     crop=getattr(args, "crop", False), hold_out=hold_out)
     limit = getattr(args, "limit", None)
     if limit is not None:
         if limit < 1:
@@ -53,6 +59,92 @@ def load_data(args, valid_pct: float, hold_out: bool = True):
             keep = np.random.default_rng(args.seed).choice(len(ds.train), limit, replace=False)
             ds.train = ds.train.subset(np.sort(keep))
     return ds
+
+
+def detect_data(spec: str, valid_pct: float, seed: int, size=None,
+                crop=False, hold_out: bool = True) -> DataSpec:
+    """Resolve `--data`: "mnist" (bundled), an MNIST IDX folder, a cifar-10-batches-py folder, or
+    an image folder (PATH/<class>/*, or PATH/train/<class> with PATH/valid|test/<class>).
+    A plain image folder without valid_pct holds out 0.2 of it, unless hold_out=False."""
+    from . import data
+
+    if spec == "mnist":
+        train, test = data.MNIST(train=True), data.MNIST(train=False)
+        return _with_valid("mnist", train, test, valid_pct, seed)
+    kind, held_out = _data_kind(spec)
+    if kind == "mnist":
+        return _with_valid("mnist", data.MNIST(spec, train=True), data.MNIST(spec, train=False),
+                           valid_pct, seed)
+    if kind == "cifar10":
+        return _with_valid("cifar10", data.CIFAR10(spec, train=True),
+                           data.CIFAR10(spec, train=False), valid_pct, seed)
+    if kind == "split folder":
+        train = data.ImageFolder(os.path.join(spec, "train"), size=size, crop=crop)
+        other = data.ImageFolder(os.path.join(spec, held_out), size=size, crop=crop)
+        if other.classes != train.classes:
+            raise UsageError(f"--data {spec}: train/ has classes {train.classes} but "
+                             f"{held_out}/ has {other.classes}")
+        if held_out == "test":
+            return _with_valid("folder", train, other, valid_pct, seed)
+        return DataSpec("folder", train, other, None, train.classes)
+    folder = data.ImageFolder(spec, size=size, crop=crop)
+    if not valid_pct and not hold_out:                 # train on every image, score nothing
+        return DataSpec("folder", folder, None, None, folder.classes)
+    train, valid = data.split(folder, valid_pct=valid_pct or 0.2, seed=seed)
+    return DataSpec("folder", train, valid, None, folder.classes)
+
+
+def _data_kind(spec: str):
+    """(kind, held-out folder name) of a --data folder: "mnist" (IDX files), "cifar10" (the
+    batches, or the folder holding cifar-10-batches-py/-bin), "split folder" (PATH/train with
+    PATH/valid or PATH/test) or "folder" (PATH/<class>/<images>)."""
+    if not os.path.exists(spec):
+        raise UsageError(f"--data {spec}: no such file or folder")
+    if not os.path.isdir(spec):
+        raise UsageError(f"--data {spec}: expected a folder (an image folder, an MNIST IDX "
+                         f"folder or a cifar-10-batches-py folder), got a file")
+    names = set(os.listdir(spec))
+    if any(n.startswith("train-images-idx3-ubyte") or n.startswith("t10k-images-idx3-ubyte")
+           for n in names):
+        return "mnist", None
+    cifar_dirs = {"cifar-10-batches-py", "cifar-10-batches-bin"}
+    if names & {"data_batch_1", "data_batch_1.bin", "test_batch", "test_batch.bin"} or \
+            any(os.path.isdir(os.path.join(spec, n)) for n in names & cifar_dirs):
+        return "cifar10", None
+    held_out = next((n for n in ("valid", "test") if os.path.isdir(os.path.join(spec, n))), None)
+    if "train" in names and os.path.isdir(os.path.join(spec, "train")) and held_out:
+        return "split folder", held_out
+    return "folder", None
+
+
+def detect_eval_data(spec: str, size=None, crop=False):
+    """What `evaluate --data` scores -> (dataset, kind, what it is), decoding only that split:
+    the test split of MNIST or CIFAR-10, PATH/valid or PATH/test of a split folder, and every
+    image of a plain class folder (nothing was held out of it for a model to have been tuned on;
+    scoring a random 20% would silently drop the rest)."""
+    from . import data
+
+    if spec == "mnist":
+        return data.MNIST(train=False), "mnist", "the MNIST test split"
+    kind, held_out = _data_kind(spec)
+    if kind == "mnist":
+        return data.MNIST(spec, train=False), kind, f"the test split of {spec}"
+    if kind == "cifar10":
+        return data.CIFAR10(spec, train=False), kind, f"the test split of {spec}"
+    if kind == "split folder":
+        path = os.path.join(spec, held_out)
+        return data.ImageFolder(path, size=size, crop=crop), "folder", path
+    return data.ImageFolder(spec, size=size, crop=crop), "folder", f"every image of {spec}"
+
+
+def _with_valid(kind, train, test, valid_pct, seed) -> DataSpec:
+    """With --valid-pct, hold out part of train for validation; else the epochs are validated on
+    the test split itself (nothing is tuned on it: the LR finder only sees training batches)."""
+    if valid_pct and valid_pct > 0:
+        from . import data
+        train, valid = data.split(train, valid_pct=valid_pct, seed=seed)
+        return DataSpec(kind, train, valid, test, train.classes)
+    return DataSpec(kind, train, test, test, train.classes)
 
 
 def augmentation(name: str, kind: str, image_size: int, cutout=None, fill=0):
@@ -400,6 +492,20 @@ def _fit(args, learn, lr: float, start_epoch: int = 0) -> None:
                      **policy_kwargs(args, lr, len(learn.train_dl)))
 
 
+def make_loaders(train, valid, batch_size, transform, seed):
+    """tc.data.loaders (training statistics for both) -> (train_dl, valid_dl, (mean, std))."""
+    from .data import loaders
+    train_dl, valid_dl = loaders(train, valid, batch_size, transform, seed=seed,
+                                 valid_batch_size=2 * batch_size)
+    return train_dl, valid_dl, (train_dl.mean, train_dl.std)
+
+
+def make_loader(ds, batch_size, transform, stats, shuffle, rng=None):
+    from .data import DataLoader
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                      transform=transform, rng=rng, mean=stats[0], std=stats[1])
+
+
 def _confusion(pred, target, k) -> np.ndarray:
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (target, pred), 1)
@@ -518,8 +624,8 @@ def cmd_evaluate(args) -> int:
     from .learner import Learner
 
     model, meta = _load_model(args.model)
-    eval_ds, kind, what = eval_from_path(args.data, size=args.size,   # as in training:
-                                         crop=args.crop or bool(meta.get("crop")))
+    eval_ds, kind, what = detect_eval_data(args.data, size=args.size,   # as in training:
+                                           crop=args.crop or bool(meta.get("crop")))
     classes = meta.get("classes") or eval_ds.classes
     if list(classes) != list(eval_ds.classes):
         raise UsageError(f"{args.model} was trained on classes {classes}, --data {args.data} "

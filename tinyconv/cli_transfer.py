@@ -61,8 +61,8 @@ def _accuracy(learn) -> float:
 def cmd_train_transfer(args) -> int:
     """The eight steps; returns the exit code."""
     import tinyconv as tc
-    from .cli import UsageError, _choose_lr, _out_dir, _say, _write_json, augmentation, load_data
-    from .data.from_path import make_loaders
+    from .cli import (UsageError, _choose_lr, _out_dir, _say, _write_json, augmentation,
+                      load_data, make_loaders)
     from .metrics import accuracy
     from .vision_learner import vision_learner
 

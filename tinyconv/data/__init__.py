@@ -3,15 +3,13 @@
     ds = MNIST()                                   # images (N, 28, 28, 1) uint8, labels (N,) int64
     train, valid = split(ImageFolder("pets", size=128), valid_pct=0.2, seed=0)
     train_dl, valid_dl = loaders(train, valid, batch_size=64, transform=A.aug_transforms(), seed=0)
-    ds = from_path("mnist", valid_pct=0.0, seed=0)   # .train/.valid/.test datasets, .classes
     for x, y in train_dl: ...                      # x (B, C, H, W) float32 normalised, y (B,) int64
 """
 from tinyconv.data.datasets import (CIFAR10, IMAGE_EXTENSIONS, MNIST, ArrayDataset, DatasetError,
                                     ImageFolder, RestrictedUnpickler, UnsafePickleError,
                                     default_cache_dir, read_idx, split)
 from tinyconv.data.loader import DataLoader, loaders
-from tinyconv.data.from_path import DataSpec, eval_from_path, from_path
 
 __all__ = ["ArrayDataset", "MNIST", "CIFAR10", "ImageFolder", "split", "read_idx", "DataLoader",
            "loaders", "DatasetError", "UnsafePickleError", "RestrictedUnpickler",
-           "IMAGE_EXTENSIONS", "default_cache_dir", "from_path", "eval_from_path", "DataSpec"]
+           "IMAGE_EXTENSIONS", "default_cache_dir"]
